@@ -1,0 +1,214 @@
+"""The embedding pipeline: text -> tokens -> kept layers -> pooling -> kept dimensions -> vector."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mm2d_integrations.loading import LoadedModel, check_int_in_range, load_model
+from mm2d_integrations.pooling import check_pooling, pool
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, or the best one this machine has (cuda, then mps, then cpu)."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def truncate_dimensions(vectors: np.ndarray, dimensions: int, normalize: bool = True) -> np.ndarray:
+    """The first `dimensions` components of each row, L2-normalised again (the model card's recipe)."""
+    kept = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
+    if normalize:
+        norms = np.linalg.norm(kept, axis=1, keepdims=True)
+        kept /= np.maximum(norms, 1e-12)
+    return kept
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_texts(texts: Any) -> list[str]:
+    """`texts` as a list of str, or a TypeError naming the offending item.
+
+    Lone surrogates, which no tokenizer accepts, become U+FFFD.
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    checked = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] must be str, got {type(text).__name__}")
+        checked.append(_LONE_SURROGATE.sub("\ufffd", text))
+    return checked
+
+
+class Matryoshka2DEncoder:
+    """A sentence embedder cut in depth (`num_layers`) and width (`dimensions`).
+
+    Texts longer than `max_length` tokens (prompt included) are truncated.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path,
+        *,
+        num_layers: int | None = None,
+        dimensions: int | None = None,
+        pooling: str | None = None,
+        normalize: bool = True,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.batch_size = check_int_in_range("batch_size", batch_size, 1, 1 << 20)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self._loaded: LoadedModel = load_model(
+            model_name_or_path,
+            num_layers=num_layers,
+            device=self.device,
+            dtype=self.dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+        settings = self._loaded.settings
+        self.normalize = bool(normalize)
+        self._pooling = check_pooling(pooling or settings.pooling or "mean")
+        self.query_prompt = query_prompt if query_prompt is not None else settings.query_prompt or ""
+        self.document_prompt = document_prompt if document_prompt is not None else settings.document_prompt or ""
+        self.max_length = (
+            check_int_in_range("max_length", max_length, 1, 1 << 20) if max_length is not None else settings.max_length
+        )
+        self._dimensions = (
+            self.max_dimensions
+            if dimensions is None
+            else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self._loaded.source.name
+
+    @property
+    def num_layers(self) -> int:
+        return self._loaded.num_layers
+
+    @property
+    def max_layers(self) -> int:
+        return self._loaded.max_layers
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    @property
+    def max_dimensions(self) -> int:
+        return self._loaded.hidden_size
+
+    @property
+    def pooling(self) -> str:
+        return self._pooling
+
+    @property
+    def source(self) -> Any:
+        """Where the weights came from (see `loading.ModelSource`)."""
+        return self._loaded.source
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Document vectors, shape (n, dimensions), float32, in input order."""
+        return self.encode(texts, prompt=self.document_prompt)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors (the query prompt prepended), shape (n, dimensions), float32."""
+        return self.encode(texts, prompt=self.query_prompt)
+
+    def encode(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
+        vectors = self.encode_depths(texts, [self.num_layers], prompt=prompt)[self.num_layers]
+        return truncate_dimensions(vectors, self.dimensions, self.normalize)
+
+    def encode_depths(
+        self, texts: Sequence[str], depths: Sequence[int], *, prompt: str = ""
+    ) -> dict[int, np.ndarray]:
+        """Vectors at several depths from one forward pass: {depth: (n, max_dimensions) array}.
+
+        Each equals what an encoder cut to that depth gives; vectors keep every dimension
+        (normalised when `normalize`), so any `truncate_dimensions` of them is exact too.
+        """
+        checked = check_texts(texts)
+        wanted = sorted({check_int_in_range("depth", depth, 1, self.num_layers) for depth in depths})
+        if not wanted:
+            raise ValueError(f"depths must name at least one depth in [1, {self.num_layers}]")
+        results = {depth: np.empty((len(checked), self.max_dimensions), np.float32) for depth in wanted}
+        order = sorted(range(len(checked)), key=lambda index: -len(checked[index]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            pooled = self._forward([prompt + checked[index] for index in batch], wanted)
+            for depth, vectors in pooled.items():
+                results[depth][batch] = truncate_dimensions(vectors, self.max_dimensions, self.normalize)
+        return results
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        with self._loaded.tokenizer_lock:  # fast tokenizers are not safe to share across threads
+            tokens = self._loaded.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+        return {name: tensor.to(self.device) for name, tensor in tokens.items()}
+
+    @torch.inference_mode()
+    def _forward(self, texts: list[str], depths: list[int]) -> dict[int, np.ndarray]:
+        tokens = self._tokenize(texts)
+        model_inputs = {name: tokens[name] for name in ("input_ids", "attention_mask")}
+        output = self._loaded.model(**model_inputs, output_hidden_states=depths != [self.num_layers])
+        final_norm = self._loaded.final_norm
+        pooled = {}
+        for depth in depths:
+            if depth == self.num_layers:
+                hidden = output.last_hidden_state
+            else:
+                hidden = output.hidden_states[depth]
+                hidden = final_norm(hidden) if final_norm is not None else hidden
+            vectors = pool(hidden, tokens["attention_mask"], self.pooling)
+            pooled[depth] = vectors.float().cpu().numpy()
+        return pooled
+
+    def __repr__(self) -> str:
+        return (
+            f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}, "
+            f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
+        )

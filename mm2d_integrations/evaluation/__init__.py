@@ -1,0 +1,1 @@
+"""Measure the depth x dimensions trade-off on your own data."""

@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.evaluation.datasets import StsPairs
+from tests.tiny_models import build_tiny_model, copy_as_hub_cache
+
+DIMENSIONS = (384, 256, 128, 64, 32)
+
+
+@pytest.fixture(scope="module")
+def reference_model(minilm_path: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path), device="cpu")
+
+
+def _reference_vectors(reference_model, texts: list[str], num_layers: int) -> np.ndarray:
+    """sentence-transformers with layers sliced as the model card does (un-normalised)."""
+    encoder = reference_model[0].auto_model.encoder
+    all_layers = encoder.layer
+    encoder.layer = all_layers[:num_layers]
+    try:
+        return reference_model.encode(texts, normalize_embeddings=False, convert_to_numpy=True)
+    finally:
+        encoder.layer = all_layers
+
+
+@pytest.mark.parametrize("num_layers", range(1, 7))
+def test_matches_sentence_transformers_at_every_depth_and_width(
+    reference_model, minilm_path: Path, sts_sentences: list[str], num_layers: int
+) -> None:
+    expected = _reference_vectors(reference_model, sts_sentences, num_layers)
+    for dimensions in DIMENSIONS:
+        encoder = Matryoshka2DEncoder(minilm_path, num_layers=num_layers, dimensions=dimensions)
+        ours = encoder.encode_documents(sts_sentences)
+        assert ours.shape == (len(sts_sentences), dimensions) and ours.dtype == np.float32
+        reference = expected[:, :dimensions] / np.linalg.norm(expected[:, :dimensions], axis=1, keepdims=True)
+        assert (ours * reference).sum(1).min() >= 0.99999, (num_layers, dimensions)
+
+
+def _spearman(first: np.ndarray, second: np.ndarray, gold: list[float]) -> float:
+    return 100 * spearmanr((first * second).sum(1), gold).statistic
+
+
+def test_sts_dev_spearman_equals_sentence_transformers(reference_model, minilm_path: Path, sts_dev: StsPairs) -> None:
+    encoder = Matryoshka2DEncoder(minilm_path)
+    ours = _spearman(encoder.encode_documents(sts_dev.first), encoder.encode_documents(sts_dev.second), sts_dev.scores)
+    theirs = _spearman(
+        reference_model.encode(sts_dev.first, normalize_embeddings=True),
+        reference_model.encode(sts_dev.second, normalize_embeddings=True),
+        sts_dev.scores,
+    )
+    assert ours > 80 and abs(ours - theirs) <= 0.01
+
+
+TEXTS = ["a short one", "", "   ", "a much longer sentence about the quarterly energy report and its numbers", "ok"]
+
+
+def _hand_reference(model, folder: Path, texts: list[str], num_layers: int, pooling: str, dimensions: int) -> np.ndarray:
+    """Full model, hidden state after `num_layers` layers, pooled, sliced and normalised by hand."""
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(folder)(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        output = model(**tokens, output_hidden_states=True)
+        hidden = output.hidden_states[num_layers]
+        if hasattr(model, "final_norm") and num_layers < model.config.num_hidden_layers:
+            hidden = model.final_norm(hidden)
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = tokens["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+    sliced = pooled[:, :dimensions].numpy()
+    return sliced / np.linalg.norm(sliced, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "pooling", "max_layers"),
+    [("bert", "cls", 4), ("distilbert", "mean", 3), ("modernbert", "mean", 4)],
+)
+def test_tiny_models_match_a_hand_computed_reference(
+    tmp_path: Path, minilm_path: Path, architecture: str, pooling: str, max_layers: int
+) -> None:
+    model = build_tiny_model(tmp_path, architecture, minilm_path, pooling=pooling)
+    for num_layers in range(1, max_layers + 1):
+        encoder = Matryoshka2DEncoder(tmp_path, num_layers=num_layers, dimensions=16)
+        assert encoder.pooling == pooling and encoder.max_layers == max_layers and encoder.max_dimensions == 32
+        expected = _hand_reference(model, tmp_path, TEXTS, num_layers, pooling, 16)
+        np.testing.assert_allclose(encoder.encode_documents(TEXTS), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("architecture", "count_attribute"), [("bert", "num_hidden_layers"), ("distilbert", "n_layers"), ("modernbert", "num_hidden_layers")])
+def test_dropped_layers_are_not_loaded(tmp_path: Path, minilm_path: Path, architecture: str, count_attribute: str) -> None:
+    build_tiny_model(tmp_path, architecture, minilm_path, pooling="mean")
+    full = Matryoshka2DEncoder(tmp_path)._loaded.model
+    cut = Matryoshka2DEncoder(tmp_path, num_layers=1)._loaded.model
+    assert getattr(cut.config, count_attribute) == 1
+    layer_names = {name.split(".layer")[0] for name in full.state_dict() if "layer" in name}
+    assert layer_names  # the architecture has per-layer weights to drop
+    assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in full.parameters())
+    assert not [name for name in cut.state_dict() if any(f"layer.{i}." in name or f"layers.{i}." in name for i in range(1, 4))]
+
+
+def test_unsupported_architecture_is_named(tmp_path: Path, minilm_path: Path) -> None:
+    build_tiny_model(tmp_path, "gpt2", minilm_path)
+    with pytest.raises(ValueError, match="architecture 'gpt2'.*supported: bert"):
+        Matryoshka2DEncoder(tmp_path)
+
+
+def test_several_depths_in_one_pass_equal_separate_runs(minilm_path: Path, sts_sentences: list[str]) -> None:
+    texts = sts_sentences[:60]
+    full = Matryoshka2DEncoder(minilm_path)
+    by_depth = full.encode_depths(texts, [1, 3, 6])
+    for depth in (1, 3, 6):
+        for dimensions in (384, 64):
+            separate = Matryoshka2DEncoder(minilm_path, num_layers=depth, dimensions=dimensions).encode_documents(texts)
+            np.testing.assert_allclose(truncate_dimensions(by_depth[depth], dimensions), separate, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["modernbert", "distilbert"])
+def test_several_depths_in_one_pass_on_other_architectures(tmp_path: Path, minilm_path: Path, architecture: str) -> None:
+    build_tiny_model(tmp_path, architecture, minilm_path, pooling="cls")
+    full = Matryoshka2DEncoder(tmp_path)
+    by_depth = full.encode_depths(TEXTS, range(1, full.max_layers + 1))
+    for depth, vectors in by_depth.items():
+        np.testing.assert_allclose(vectors, Matryoshka2DEncoder(tmp_path, num_layers=depth).encode_documents(TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [0, -1, 1.5, "3", 7, True])
+def test_num_layers_out_of_range_names_the_range(minilm_path: Path, num_layers: object) -> None:
+    with pytest.raises(ValueError, match=r"num_layers must be an int in \[1, 6\]"):
+        Matryoshka2DEncoder(minilm_path, num_layers=num_layers)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dimensions", [0, 385, -3, 2.0])
+def test_dimensions_out_of_range_names_the_range(minilm_path: Path, dimensions: object) -> None:
+    with pytest.raises(ValueError, match=r"dimensions must be an int in \[1, 384\]"):
+        Matryoshka2DEncoder(minilm_path, dimensions=dimensions)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def encoder(minilm_path: Path) -> Matryoshka2DEncoder:
+    return Matryoshka2DEncoder(minilm_path, dimensions=128, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [(None, "texts must be a list of str, got NoneType"), ("one string", "got str"), (["ok", 3], r"texts\[1\] must be str, got int"),
+     (["ok", None], r"texts\[1\]"), ([b"bytes"], r"texts\[0\] must be str, got bytes"), ([{"a": 1}], r"texts\[0\].*dict")],
+)
+def test_bad_texts_raise_type_error_naming_the_item(encoder: Matryoshka2DEncoder, texts: object, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        encoder.encode_documents(texts)  # type: ignore[arg-type]
+    assert encoder.encode_documents(["still works"]).shape == (1, 128)
+
+
+def test_edge_texts(encoder: Matryoshka2DEncoder) -> None:
+    assert encoder.encode_documents([]).shape == (0, 128)
+    assert encoder.encode_queries(()).shape == (0, 128)
+    vectors = encoder.encode_documents(["", "   ", "\x00\x07 control", "lone \ud800 surrogate", "emoji 🚀 和 CJK 漢字"])
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_documents(["lone \ufffd surrogate"])[0], vectors[3], atol=1e-6)
+
+
+def test_long_text_is_truncated_to_max_length(encoder: Matryoshka2DEncoder) -> None:
+    assert encoder.max_length == 256
+    head = "word " * 300
+    long_vector, head_vector = encoder.encode_documents([head + "tail " * 200_000, head])
+    np.testing.assert_allclose(long_vector, head_vector, atol=1e-6)
+
+
+def test_results_come_back_in_input_order(encoder: Matryoshka2DEncoder, sts_sentences: list[str]) -> None:
+    texts = sts_sentences[:23]
+    together = encoder.encode_documents(texts)
+    one_by_one = np.vstack([encoder.encode_documents([text]) for text in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_prompts_go_to_their_own_side(minilm_path: Path) -> None:
+    encoder = Matryoshka2DEncoder(minilm_path, query_prompt="query: ", document_prompt="passage: ")
+    np.testing.assert_allclose(encoder.encode_queries(["x"]), encoder.encode(["query: x"]), atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_documents(["x"]), encoder.encode(["passage: x"]), atol=1e-6)
+
+
+def test_sentence_transformers_files_choose_settings_and_arguments_win(tmp_path: Path, minilm_path: Path) -> None:
+    build_tiny_model(tmp_path, "bert", minilm_path, pooling="cls", prompts={"query": "q: ", "document": "d: "})
+    encoder = Matryoshka2DEncoder(tmp_path)
+    assert (encoder.pooling, encoder.max_length, encoder.query_prompt, encoder.document_prompt) == ("cls", 64, "q: ", "d: ")
+    explicit = Matryoshka2DEncoder(tmp_path, pooling="max", max_length=16, query_prompt="", document_prompt="doc ")
+    assert (explicit.pooling, explicit.max_length, explicit.query_prompt, explicit.document_prompt) == ("max", 16, "", "doc ")
+    with pytest.raises(ValueError, match="pooling must be one of cls, mean"):
+        Matryoshka2DEncoder(tmp_path, pooling="median")
+
+
+def test_minilm_properties(minilm_path: Path) -> None:
+    encoder = Matryoshka2DEncoder(minilm_path, num_layers=2, dimensions=64)
+    assert (encoder.num_layers, encoder.max_layers, encoder.dimensions, encoder.max_dimensions) == (2, 6, 64, 384)
+    assert encoder.pooling == "mean" and encoder.model_name == str(minilm_path) and encoder.query_prompt == ""
+
+
+_HUB_SCRIPT = """
+import sys
+from mm2d_integrations import Matryoshka2DEncoder
+encoder = Matryoshka2DEncoder("mixedbread-ai/mxbai-embed-2d-large-v1", num_layers=2, dimensions=8)
+print(encoder.pooling, encoder.max_length, repr(encoder.query_prompt), encoder.encode_queries(["hi"]).shape)
+try:
+    Matryoshka2DEncoder("someone/not-cached")
+except OSError as error:
+    print("missing:", type(error).__name__)
+"""
+
+
+def test_hub_id_loads_offline_from_the_cache_with_the_known_model_table(tmp_path: Path, minilm_path: Path) -> None:
+    folder = tmp_path / "model"
+    build_tiny_model(folder, "bert", minilm_path)  # no sentence-transformers files: the table fills them
+    copy_as_hub_cache(folder, tmp_path / "cache", "mixedbread-ai/mxbai-embed-2d-large-v1")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _HUB_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cls 512 'Represent this sentence for searching relevant passages: ' (1, 8)" in result.stdout
+    assert "missing:" in result.stdout
+
+
+def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path: Path, minilm_path: Path) -> None:
+    model = build_tiny_model(tmp_path, "bert", minilm_path, pooling="cls")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="only pickle weights.*allow_pickle=True"):
+        Matryoshka2DEncoder(tmp_path)
+    assert Matryoshka2DEncoder(tmp_path, allow_pickle=True).encode_documents(["x"]).shape == (1, 32)
+
+
+def test_remote_code_is_refused_by_default(tmp_path: Path, minilm_path: Path) -> None:
+    import json
+
+    build_tiny_model(tmp_path, "bert", minilm_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        Matryoshka2DEncoder(tmp_path)
+
+
+def test_missing_model_and_missing_weights(tmp_path: Path, minilm_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Matryoshka2DEncoder(tmp_path / "nowhere")
+    build_tiny_model(tmp_path, "bert", minilm_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no weights"):
+        Matryoshka2DEncoder(tmp_path)
+
+
+def test_bfloat16_on_request(minilm_path: Path, sts_sentences: list[str]) -> None:
+    texts = sts_sentences[:20]
+    half = Matryoshka2DEncoder(minilm_path, dtype="bfloat16")
+    assert next(half._loaded.model.parameters()).dtype == torch.bfloat16
+    full = Matryoshka2DEncoder(minilm_path)
+    assert (half.encode_documents(texts) * full.encode_documents(texts)).sum(1).min() > 0.98
+    with pytest.raises(ValueError, match="dtype must be one of float32"):
+        Matryoshka2DEncoder(minilm_path, dtype="int3")
+
+
+def test_encoders_share_one_loaded_model_per_configuration(minilm_path: Path) -> None:
+    first = Matryoshka2DEncoder(minilm_path, dimensions=64)
+    second = Matryoshka2DEncoder(minilm_path, dimensions=128)
+    shallow = Matryoshka2DEncoder(minilm_path, num_layers=3)
+    assert first._loaded is second._loaded and shallow._loaded is not first._loaded
+    assert first.encode_documents(["x"]).shape == (1, 64) and second.encode_documents(["x"]).shape == (1, 128)
+
+
+def test_threads_get_exactly_the_serial_results(minilm_path: Path, sts_sentences: list[str]) -> None:
+    encoder = Matryoshka2DEncoder(minilm_path, batch_size=8)
+    chunks = [sts_sentences[i : i + 17] for i in range(0, 136, 17)]
+    serial = [encoder.encode_documents(chunk) for chunk in chunks]
+    results: dict[int, np.ndarray] = {}
+
+    def work(index: int) -> None:
+        results[index] = encoder.encode_documents(chunks[index])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(chunks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, expected in enumerate(serial):
+        np.testing.assert_array_equal(results[index], expected)
