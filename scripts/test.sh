@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
-HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"
+# Passive OpenMP waiting: spinning threads starve each other on small, shared machines.
+OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"

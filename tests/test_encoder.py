@@ -138,48 +138,9 @@ def test_several_depths_in_one_pass_on_other_architectures(tmp_path: Path, minil
         np.testing.assert_allclose(vectors, Matryoshka2DEncoder(tmp_path, num_layers=depth).encode_documents(TEXTS), atol=1e-5)
 
 
-@pytest.mark.parametrize("num_layers", [0, -1, 1.5, "3", 7, True])
-def test_num_layers_out_of_range_names_the_range(minilm_path: Path, num_layers: object) -> None:
-    with pytest.raises(ValueError, match=r"num_layers must be an int in \[1, 6\]"):
-        Matryoshka2DEncoder(minilm_path, num_layers=num_layers)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("dimensions", [0, 385, -3, 2.0])
-def test_dimensions_out_of_range_names_the_range(minilm_path: Path, dimensions: object) -> None:
-    with pytest.raises(ValueError, match=r"dimensions must be an int in \[1, 384\]"):
-        Matryoshka2DEncoder(minilm_path, dimensions=dimensions)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def encoder(minilm_path: Path) -> Matryoshka2DEncoder:
     return Matryoshka2DEncoder(minilm_path, dimensions=128, batch_size=4)
-
-
-@pytest.mark.parametrize(
-    ("texts", "message"),
-    [(None, "texts must be a list of str, got NoneType"), ("one string", "got str"), (["ok", 3], r"texts\[1\] must be str, got int"),
-     (["ok", None], r"texts\[1\]"), ([b"bytes"], r"texts\[0\] must be str, got bytes"), ([{"a": 1}], r"texts\[0\].*dict")],
-)
-def test_bad_texts_raise_type_error_naming_the_item(encoder: Matryoshka2DEncoder, texts: object, message: str) -> None:
-    with pytest.raises(TypeError, match=message):
-        encoder.encode_documents(texts)  # type: ignore[arg-type]
-    assert encoder.encode_documents(["still works"]).shape == (1, 128)
-
-
-def test_edge_texts(encoder: Matryoshka2DEncoder) -> None:
-    assert encoder.encode_documents([]).shape == (0, 128)
-    assert encoder.encode_queries(()).shape == (0, 128)
-    vectors = encoder.encode_documents(["", "   ", "\x00\x07 control", "lone \ud800 surrogate", "emoji 🚀 和 CJK 漢字"])
-    assert np.isfinite(vectors).all()
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    np.testing.assert_allclose(encoder.encode_documents(["lone \ufffd surrogate"])[0], vectors[3], atol=1e-6)
-
-
-def test_long_text_is_truncated_to_max_length(encoder: Matryoshka2DEncoder) -> None:
-    assert encoder.max_length == 256
-    head = "word " * 300
-    long_vector, head_vector = encoder.encode_documents([head + "tail " * 200_000, head])
-    np.testing.assert_allclose(long_vector, head_vector, atol=1e-6)
 
 
 def test_results_come_back_in_input_order(encoder: Matryoshka2DEncoder, sts_sentences: list[str]) -> None:
@@ -232,35 +193,6 @@ def test_hub_id_loads_offline_from_the_cache_with_the_known_model_table(tmp_path
     assert result.returncode == 0, result.stderr
     assert "cls 512 'Represent this sentence for searching relevant passages: ' (1, 8)" in result.stdout
     assert "missing:" in result.stdout
-
-
-def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path: Path, minilm_path: Path) -> None:
-    model = build_tiny_model(tmp_path, "bert", minilm_path, pooling="cls")
-    (tmp_path / "model.safetensors").unlink()
-    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="only pickle weights.*allow_pickle=True"):
-        Matryoshka2DEncoder(tmp_path)
-    assert Matryoshka2DEncoder(tmp_path, allow_pickle=True).encode_documents(["x"]).shape == (1, 32)
-
-
-def test_remote_code_is_refused_by_default(tmp_path: Path, minilm_path: Path) -> None:
-    import json
-
-    build_tiny_model(tmp_path, "bert", minilm_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        Matryoshka2DEncoder(tmp_path)
-
-
-def test_missing_model_and_missing_weights(tmp_path: Path, minilm_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        Matryoshka2DEncoder(tmp_path / "nowhere")
-    build_tiny_model(tmp_path, "bert", minilm_path)
-    (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="holds no weights"):
-        Matryoshka2DEncoder(tmp_path)
 
 
 def test_bfloat16_on_request(minilm_path: Path, sts_sentences: list[str]) -> None:

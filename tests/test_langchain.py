@@ -51,6 +51,8 @@ def test_fields_and_plain_float_vectors() -> None:
     vectors = embeddings.embed_documents(["one", "two"])
     assert len(vectors) == 2 and len(vectors[0]) == 64 and type(vectors[0][0]) is float
     assert embeddings.num_layers == 3 and embeddings.encoder.num_layers == 3
+    assert Matryoshka2DEmbeddings(model=Path(MINILM)).model_name == MINILM  # a folder may be a Path
+    assert Matryoshka2DEmbedding(model_name=Path(MINILM)).model_name == MINILM
     with pytest.raises(ValidationError, match="unknown_field"):
         Matryoshka2DEmbeddings(model=MINILM, unknown_field=1)
     with pytest.raises(ValueError, match=r"dimensions must be an int in \[1, 384\]"):

@@ -1,0 +1,100 @@
+"""`mm2d index`, `mm2d ask` and `mm2d demo`: the RAG sample from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mm2d_integrations.cli import add_model_options
+
+SAMPLE_FOLDER = Path(__file__).resolve().parents[2] / "examples"
+DEMO_QUESTIONS = 4
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    from mm2d_integrations.chroma import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR
+
+    add_model_options(parser)
+    parser.add_argument("--collection", default=DEFAULT_COLLECTION, help=f"Chroma collection (default {DEFAULT_COLLECTION})")
+    parser.add_argument("--persist-dir", default=None, help=f"embedded Chroma folder (default {DEFAULT_PERSIST_DIR})")
+    parser.add_argument("--chroma-host", default=None, help="a Chroma server (chroma run) instead of the folder")
+    parser.add_argument("--chroma-port", type=int, default=None)
+
+
+def _add_answer_options(parser: argparse.ArgumentParser) -> None:
+    from mm2d_integrations.rag.pipeline import EXTRACTIVE, FRAMEWORKS
+
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="langchain")
+    parser.add_argument("--generator", default=EXTRACTIVE, help="extractive (offline, default) or a transformers model id or folder")
+    parser.add_argument("-k", type=int, default=3, help="chunks to retrieve (default 3)")
+
+
+def _store(args: argparse.Namespace, **overrides: Any) -> Any:
+    from mm2d_integrations.rag.pipeline import Store
+
+    options = {"num_layers": args.layers, "dimensions": args.dims, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype}
+    values = dict(
+        collection=args.collection, persist_dir=args.persist_dir, host=args.chroma_host, port=args.chroma_port,
+        model=args.model, encoder_options=options,
+    )
+    return Store(**{**values, **overrides})
+
+
+def _print_answer(answer: Any) -> None:
+    print(answer.text)
+    print("sources:" if answer.sources else "sources: none")
+    for source in answer.sources:
+        print(f"  {source}")
+
+
+def _index(args: argparse.Namespace) -> int:
+    from mm2d_integrations.rag.pipeline import index
+
+    print(index(args.folder, _store(args), show_progress=True))
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from mm2d_integrations.rag.pipeline import ask
+
+    _print_answer(ask(args.question, _store(args), framework=args.framework, generator=args.generator, k=args.k))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Index the sample corpus and answer a few sample questions, offline."""
+    from mm2d_integrations.rag.pipeline import ask, index
+
+    folder = SAMPLE_FOLDER / "internal_docs"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the sample corpus {folder} is not here: run the demo from a checkout of the repository")
+    questions = [json.loads(line) for line in (SAMPLE_FOLDER / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
+        store = _store(args, persist_dir=args.persist_dir or scratch)
+        print(f"indexing {folder} ...\n{index(folder, store, show_progress=True)}\n")
+        for question in questions[:: max(1, len(questions) // DEMO_QUESTIONS)][:DEMO_QUESTIONS]:
+            print(f"Q: {question['question']}")
+            _print_answer(ask(question["question"], store, framework=args.framework, generator=args.generator, k=args.k))
+            print()
+    return 0
+
+
+def add_rag_commands(commands: Any) -> None:
+    index_parser = commands.add_parser("index", help="index a folder of documents into Chroma (incremental)")
+    index_parser.add_argument("folder")
+    _add_store_options(index_parser)
+    index_parser.set_defaults(run=_index)
+
+    ask_parser = commands.add_parser("ask", help="answer a question from the indexed documents, with sources")
+    ask_parser.add_argument("question")
+    _add_store_options(ask_parser)
+    _add_answer_options(ask_parser)
+    ask_parser.set_defaults(run=_ask)
+
+    demo = commands.add_parser("demo", help="index the sample corpus and answer sample questions, offline")
+    _add_store_options(demo)
+    _add_answer_options(demo)
+    demo.set_defaults(run=_demo)

@@ -1,0 +1,79 @@
+"""Incremental, restartable indexing of a folder into a Chroma collection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mm2d_integrations.rag.documents import CHUNK_OVERLAP, CHUNK_SIZE, load_folder, split_documents
+
+BATCH = 64
+
+
+@dataclass
+class IndexReport:
+    files: int = 0
+    chunks: int = 0
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.files} files, {self.chunks} chunks: {self.added} embedded and added, "
+            f"{self.removed} removed, {self.unchanged} unchanged"
+        )
+        return text + "".join(f"\nskipped {path}: {why}" for path, why in self.skipped)
+
+
+def stored_ids(collection: Any, page: int = 5000) -> set[str]:
+    ids: set[str] = set()
+    while True:
+        found = collection.get(include=[], limit=page, offset=len(ids))["ids"]
+        ids.update(found)
+        if len(found) < page:
+            return ids
+
+
+def index_folder(
+    folder: str | Path,
+    collection: Any,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    chunk_overlap: int = CHUNK_OVERLAP,
+    show_progress: bool = False,
+) -> IndexReport:
+    """Make `collection` hold exactly the chunks of `folder`, embedding only chunks it lacks.
+
+    New chunks are written before stale ones are deleted, and ids are derived from content, so an
+    interrupted run leaves no duplicates and the next run completes it.
+    """
+    loaded = load_folder(folder)
+    chunks = split_documents(loaded.documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    existing = stored_ids(collection)
+    wanted = {chunk.id for chunk in chunks}
+    missing = [chunk for chunk in chunks if chunk.id not in existing]
+    with tqdm(total=len(missing), desc="indexing", unit="chunk", disable=not show_progress) as progress:
+        for start in range(0, len(missing), BATCH):
+            batch = missing[start : start + BATCH]
+            collection.upsert(
+                ids=[chunk.id for chunk in batch],
+                documents=[chunk.text for chunk in batch],
+                metadatas=[chunk.metadata for chunk in batch],
+            )
+            progress.update(len(batch))
+    stale = sorted(existing - wanted)
+    for start in range(0, len(stale), 5000):
+        collection.delete(ids=stale[start : start + 5000])
+    return IndexReport(
+        files=len(loaded.documents),
+        chunks=len(chunks),
+        added=len(missing),
+        removed=len(stale),
+        unchanged=len(chunks) - len(missing),
+        skipped=loaded.skipped,
+    )

@@ -1,0 +1,94 @@
+"""Index a folder and ask questions of it, through LangChain or LlamaIndex: what `mm2d index` / `ask` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mm2d_integrations.chroma import (
+    DEFAULT_COLLECTION,
+    chroma_client,
+    open_collection,
+    stored_embedding_function,
+)
+from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.loading import default_model
+from mm2d_integrations.rag.generators import Answer, ExtractiveAnswerer, Generator, TransformersGenerator
+from mm2d_integrations.rag.indexer import IndexReport, index_folder
+
+Framework = Literal["langchain", "llamaindex"]
+FRAMEWORKS: tuple[Framework, ...] = ("langchain", "llamaindex")
+EXTRACTIVE = "extractive"
+
+
+@dataclass
+class Store:
+    """Where the vectors live, and (optionally) the encoder to make them with."""
+
+    collection: str = DEFAULT_COLLECTION
+    persist_dir: str | Path | None = None
+    host: str | None = None
+    port: int | None = None
+    model: str | None = None
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    """Further `Matryoshka2DEncoder` arguments: num_layers, dimensions, batch_size, device, dtype ..."""
+
+    def client(self) -> Any:
+        return chroma_client(self.persist_dir, self.host, self.port)
+
+    def new_encoder(self) -> Matryoshka2DEncoder:
+        return Matryoshka2DEncoder(self.model or default_model(), **self.encoder_options)
+
+    def encoder(self, client: Any) -> Matryoshka2DEncoder:
+        """The encoder asked for; when no model, depth or dimensions are named, the collection's own."""
+        named = self.model is not None or any(self.encoder_options.get(key) is not None for key in ("num_layers", "dimensions"))
+        if not named and self.collection in {collection.name for collection in client.list_collections()}:
+            return stored_embedding_function(self.collection, client=client).encoder
+        return self.new_encoder()
+
+
+def index(folder: str | Path, store: Store, *, show_progress: bool = False) -> IndexReport:
+    """Make the store's collection hold exactly the chunks of `folder` (see `index_folder`)."""
+    collection = open_collection(store.new_encoder(), store.collection, client=store.client())
+    return index_folder(folder, collection, show_progress=show_progress)
+
+
+def make_generator(name: str, encoder: Matryoshka2DEncoder) -> Generator:
+    """`extractive` (offline, no set-up) or a transformers model's hub id or folder."""
+    return ExtractiveAnswerer(encoder) if name == EXTRACTIVE else TransformersGenerator(name)
+
+
+def ask(
+    question: str,
+    store: Store,
+    *,
+    framework: Framework = "langchain",
+    generator: str | Generator | Any = EXTRACTIVE,
+    k: int = 3,
+) -> Answer:
+    """Retrieve `k` chunks for `question` and answer from them, with their sources.
+
+    `generator`: a name for `make_generator`, one of our generators, or any chat model / LLM of `framework`.
+    """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    client = store.client()
+    encoder = store.encoder(client)
+    chosen = make_generator(generator, encoder) if isinstance(generator, str) else generator
+    if framework == "langchain":
+        from mm2d_integrations.langchain import Matryoshka2DEmbeddings, chroma_vector_store
+        from mm2d_integrations.rag.langchain_chain import build_rag_chain
+
+        vector_store = chroma_vector_store(Matryoshka2DEmbeddings.from_encoder(encoder), store.collection, client=client)
+        return build_rag_chain(vector_store.as_retriever(search_kwargs={"k": k}), chosen).invoke(question)
+    from llama_index.core import VectorStoreIndex
+
+    from mm2d_integrations.llama_index import Matryoshka2DEmbedding, chroma_vector_store as llama_store
+    from mm2d_integrations.rag.llama_index_engine import build_query_engine, to_answer
+
+    embedding = Matryoshka2DEmbedding.from_encoder(encoder)
+    vector_index = VectorStoreIndex.from_vector_store(llama_store(embedding, store.collection, client=client), embed_model=embedding)
+    return to_answer(build_query_engine(vector_index, chosen, similarity_top_k=k).query(question))
