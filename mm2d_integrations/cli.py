@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("text_b")
     add_model_options(embed)
     embed.set_defaults(run=_embed)
+    from mm2d_integrations.evaluation.command import add_eval_command  # imported here: it builds on this module
+
+    add_eval_command(commands)
     from mm2d_integrations.rag.command import add_rag_commands
 
     add_rag_commands(commands)
@@ -63,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
         print(f"mm2d: error: {error}", file=sys.stderr)
         return 2
 

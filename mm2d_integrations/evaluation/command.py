@@ -1,0 +1,70 @@
+"""`mm2d eval sts FILE` and `mm2d eval retrieval DIR`: every (layers, dimensions) cell on your data."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from mm2d_integrations.cli import add_model_options, encoder_from
+from mm2d_integrations.evaluation.datasets import read_beir, read_sts
+from mm2d_integrations.evaluation.grid import GridResult, evaluate_retrieval, evaluate_sts
+from mm2d_integrations.evaluation.report import format_report, save_heatmap, to_json
+
+
+class Task(NamedTuple):
+    """How one kind of data is read and scored."""
+
+    read: Callable[[Path], Any]
+    evaluate: Callable[..., GridResult]
+    metavar: str
+    data: str  # what the data is, for --help
+
+
+TASKS = {
+    "sts": Task(read_sts, evaluate_sts, "FILE", "STS Benchmark file (score, sentences: columns 5-7) or score<TAB>s1<TAB>s2"),
+    "retrieval": Task(read_beir, evaluate_retrieval, "DIR", "BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv"),
+}
+
+
+def add_eval_command(commands: argparse._SubParsersAction) -> None:
+    """Register `mm2d eval` and its tasks with the command line's subcommands."""
+    evaluate = commands.add_parser("eval", help="score every (layers, dimensions) cell on your data, in one pass")
+    tasks = evaluate.add_subparsers(dest="task", required=True)
+    for name, task in TASKS.items():
+        parser = tasks.add_parser(name, help=f"on a {task.data}")
+        parser.add_argument("data", metavar=task.metavar, type=Path, help=task.data)
+        add_model_options(parser, several=True)
+        parser.add_argument("--json", type=Path, default=None, help="also write the grid here as JSON")
+        parser.add_argument("--plot", type=Path, default=None, help="also draw the grid here as a heatmap (.png)")
+        parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    task = TASKS[args.task]
+    _check_before_encoding(args)
+    data = task.read(args.data)  # before loading the model, so that a bad file fails at once
+    encoder = encoder_from(args, num_layers=max(args.layers) if args.layers else None, dimensions=None)
+    result = task.evaluate(encoder, data, args.layers, args.dims, show_progress=True)
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        save_heatmap(result, args.plot)
+    return 0
+
+
+def _check_before_encoding(args: argparse.Namespace) -> None:
+    """Fail before the long encoding pass, not after it, when a result could not be scored or written."""
+    needed = (["scipy"] if args.task == "sts" else []) + (["matplotlib"] if args.plot else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"mm2d eval {args.task} needs {' and '.join(missing)}: pip install 'mm2d-integrations[eval]'")
+    if args.plot and args.plot.suffix.lower() != ".png":
+        raise ValueError(f"--plot must name a .png file, got {str(args.plot)!r}")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and not path.parent.is_dir():
+            raise FileNotFoundError(f"{option}: folder {str(path.parent)!r} does not exist")

@@ -1,0 +1,194 @@
+"""The depth x dimensions grid from one forward pass per text.
+
+Every requested depth comes out of the same pass (`encode_depths`) and every width is a slice of
+it, so the whole grid costs about what its deepest row alone costs, and each cell equals what an
+encoder cut to that depth and width gives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
+from mm2d_integrations.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
+from mm2d_integrations.evaluation.timing import DepthClock
+from mm2d_integrations.loading import check_int_in_range
+
+Cell = tuple[int, int]  # (layers, dimensions)
+QueryMetric = Callable[[Sequence[str], Mapping[str, int], int], float]
+
+STS_METRIC = "cosine Spearman"
+RETRIEVAL_METRICS: dict[str, tuple[QueryMetric, int]] = {
+    "nDCG@10": (ndcg_at_k, 10),
+    "Recall@100": (recall_at_k, 100),
+    "MRR@10": (mrr_at_k, 10),
+}
+_SCORES_AT_ONCE = 1 << 24  # query x document scores held in memory while ranking
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """Scores x100 of every (layers, dimensions) cell, and what encoding cost."""
+
+    model: str
+    task: str
+    scores: dict[str, dict[Cell, float]]  # metric -> cell -> score x100; the primary metric first
+    native: Cell  # the checkpoint's full depth and width
+    texts: int  # texts encoded in the pass
+    encode_seconds: float  # the pass, every depth at once
+    depth_seconds: dict[int, float]  # depth -> seconds an encoder cut there needs for the texts (DepthClock)
+    seconds: float  # encoding and scoring; loading the model excluded
+
+    @property
+    def metric(self) -> str:
+        return next(iter(self.scores))
+
+    @property
+    def layers(self) -> list[int]:
+        """Deepest first."""
+        return sorted({layers for layers, _ in self.scores[self.metric]}, reverse=True)
+
+    @property
+    def dimensions(self) -> list[int]:
+        """Widest first."""
+        return sorted({dimensions for _, dimensions in self.scores[self.metric]}, reverse=True)
+
+    @property
+    def reference(self) -> Cell:
+        """The cell changes are measured against: native when evaluated, else the deepest and widest."""
+        return self.native if self.native in self.scores[self.metric] else (self.layers[0], self.dimensions[0])
+
+
+def grid_axes(
+    encoder: Matryoshka2DEncoder, layers: Sequence[int] | None, dimensions: Sequence[int] | None
+) -> tuple[list[int], list[int]]:
+    """The depths and widths to evaluate, deepest and widest first. By default every depth of the
+    encoder, and its native width then the powers of two below it down to 32."""
+    if layers is None:
+        depths = list(range(encoder.num_layers, 0, -1))
+    else:
+        depths = sorted({check_int_in_range("num_layers", depth, 1, encoder.max_layers) for depth in layers})[::-1]
+    if not depths:
+        raise ValueError(f"num_layers must name at least one depth in [1, {encoder.max_layers}]")
+    if depths[0] > encoder.num_layers:
+        raise ValueError(f"layers {depths[0]} is deeper than this encoder, cut to num_layers={encoder.num_layers}")
+    native = encoder.max_dimensions
+    if dimensions is None:
+        widths = [native] + [1 << power for power in range(native.bit_length() - 1, 4, -1) if 1 << power < native]
+    else:
+        widths = sorted({check_int_in_range("dimensions", width, 1, native) for width in dimensions})[::-1]
+    if not widths:
+        raise ValueError(f"dimensions must name at least one width in [1, {native}]")
+    return depths, widths
+
+
+def evaluate_sts(
+    encoder: Matryoshka2DEncoder,
+    pairs: StsPairs,
+    layers: Sequence[int] | None = None,
+    dimensions: Sequence[int] | None = None,
+    *,
+    show_progress: bool = False,
+) -> GridResult:
+    """Cosine Spearman x100 of every cell; each distinct sentence is encoded once."""
+    started = time.perf_counter()
+    depths, widths = grid_axes(encoder, layers, dimensions)
+    texts = list(dict.fromkeys(pairs.first + pairs.second))
+    position = {text: index for index, text in enumerate(texts)}
+    first = np.array([position[text] for text in pairs.first])
+    second = np.array([position[text] for text in pairs.second])
+    with DepthClock(encoder) as clock:
+        vectors = encoder.encode_depths(texts, depths, prompt=encoder.document_prompt, show_progress=show_progress)
+    scores: dict[Cell, float] = {}
+    for depth in depths:
+        for width in widths:
+            kept = truncate_dimensions(vectors[depth], width)
+            scores[depth, width] = 100 * spearman((kept[first] * kept[second]).sum(1), pairs.scores)
+    return _result(encoder, "sts", {STS_METRIC: scores}, depths, len(texts), clock, started)
+
+
+def evaluate_retrieval(
+    encoder: Matryoshka2DEncoder,
+    dataset: BeirSet,
+    layers: Sequence[int] | None = None,
+    dimensions: Sequence[int] | None = None,
+    *,
+    show_progress: bool = False,
+) -> GridResult:
+    """nDCG@10, Recall@100 and MRR@10 x100 of every cell, ranking the whole corpus by exact cosine."""
+    started = time.perf_counter()
+    depths, widths = grid_axes(encoder, layers, dimensions)
+    texts = len(dataset.documents) + len(dataset.queries)
+    with DepthClock(encoder) as clock:
+        documents = encoder.encode_depths(
+            dataset.documents, depths, prompt=encoder.document_prompt, show_progress=show_progress
+        )
+        queries = encoder.encode_depths(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
+    position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
+    own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
+    scores: dict[str, dict[Cell, float]] = {name: {} for name in RETRIEVAL_METRICS}
+    for depth in depths:
+        for width in widths:
+            kept_queries = truncate_dimensions(queries[depth], width)
+            kept_documents = truncate_dimensions(documents[depth], width)
+            for name, score in _retrieval_scores(kept_queries, kept_documents, dataset, own).items():
+                scores[name][depth, width] = score
+    return _result(encoder, "retrieval", scores, depths, texts, clock, started)
+
+
+def _retrieval_scores(
+    queries: np.ndarray, documents: np.ndarray, dataset: BeirSet, own: np.ndarray
+) -> dict[str, float]:
+    """Every retrieval metric x100, averaged over the queries."""
+    top = top_k(queries, documents, max(cutoff for _, cutoff in RETRIEVAL_METRICS.values()), own)
+    rankings = [[dataset.corpus_ids[index] for index in row if index != skip] for row, skip in zip(top, own)]
+    judgments = [dataset.qrels[query_id] for query_id in dataset.query_ids]
+    return {
+        name: 100 * float(np.mean([metric(ranked, qrels, cutoff) for ranked, qrels in zip(rankings, judgments)]))
+        for name, (metric, cutoff) in RETRIEVAL_METRICS.items()
+    }
+
+
+def top_k(queries: np.ndarray, documents: np.ndarray, k: int, own: np.ndarray) -> np.ndarray:
+    """Indices of each query's k best documents by dot product, best first.
+
+    `own[i]` is the index of the document with query i's id (or -1): BEIR never retrieves it, as in
+    sets whose queries are also documents it is a trivial match.
+    """
+    k = min(k, len(documents))
+    rows = max(1, _SCORES_AT_ONCE // max(len(documents), 1))
+    ranked = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), rows):
+        scores = queries[start : start + rows] @ documents.T
+        skip = own[start : start + rows]
+        scores[np.flatnonzero(skip >= 0), skip[skip >= 0]] = -np.inf
+        best = np.argpartition(scores, -k, axis=1)[:, -k:]
+        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+        ranked[start : start + rows] = np.take_along_axis(best, order, axis=1)
+    return ranked
+
+
+def _result(
+    encoder: Matryoshka2DEncoder,
+    task: str,
+    scores: dict[str, dict[Cell, float]],
+    depths: list[int],
+    texts: int,
+    clock: DepthClock,
+    started: float,
+) -> GridResult:
+    return GridResult(
+        model=encoder.model_name,
+        task=task,
+        scores=scores,
+        native=(encoder.max_layers, encoder.max_dimensions),
+        texts=texts,
+        encode_seconds=clock.seconds,
+        depth_seconds={depth: clock.seconds_at(depth) for depth in depths},
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,104 @@
+"""A grid result as text tables, as JSON and as a heatmap."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mm2d_integrations.evaluation.grid import GridResult
+
+
+def change(result: GridResult, metric: str, layers: int, dimensions: int) -> float:
+    """The cell's change in % against the reference cell (NaN when the reference scores 0)."""
+    cells = result.scores[metric]
+    reference = cells[result.reference]
+    return 100 * (cells[layers, dimensions] - reference) / abs(reference) if reference else math.nan
+
+
+def format_report(result: GridResult) -> str:
+    """One table per metric like the model authors' (rows: layers; columns: dimensions; each cell the
+    score x100 and its change against the reference), then encoding throughput per depth."""
+    layers, dimensions = result.reference
+    lines = [
+        f"model: {result.model} ({result.native[0]} layers x {result.native[1]} dimensions native)",
+        f"encoding: {result.texts} texts in {result.encode_seconds:.1f} s "
+        f"({_rate(result.texts, result.encode_seconds)} texts/s), one pass for every depth",
+        f"evaluation: {result.seconds:.1f} s in all",
+    ]
+    for metric in result.scores:
+        lines += [
+            "",
+            f"{result.task} {metric} x100 by layers (rows) and dimensions (columns), "
+            f"change against {layers} layers x {dimensions} dimensions",
+        ]
+        lines += _table(result, metric)
+    lines += ["", "encoding throughput per depth*", f"{'layers':>6}  texts/s"]
+    lines += [f"{depth:>6}  {_rate(result.texts, result.depth_seconds[depth]):>7}" for depth in result.layers]
+    lines.append("* of an encoder cut to that depth, measured in the pass: its time less the time in deeper layers")
+    return "\n".join(lines)
+
+
+def _table(result: GridResult, metric: str) -> list[str]:
+    cells = {
+        (layers, dimensions): f"{score:.2f} ({change(result, metric, layers, dimensions):+.1f}%)"
+        for (layers, dimensions), score in result.scores[metric].items()
+    }
+    width = max(len(cell) for cell in cells.values())
+    header = f"{'layers':>6}" + "".join(f"  {dimensions:>{width}}" for dimensions in result.dimensions)
+    rows = [
+        f"{layers:>6}" + "".join(f"  {cells[layers, dimensions]:>{width}}" for dimensions in result.dimensions)
+        for layers in result.layers
+    ]
+    return [header] + rows
+
+
+def _rate(texts: int, seconds: float) -> str:
+    return f"{texts / seconds:.0f}" if seconds > 0 else "n/a"
+
+
+def to_json(result: GridResult) -> dict[str, Any]:
+    """{"model", "task", "metric", "results": [{"layers", "dimensions", "score"}], "seconds"}; score is
+    the primary metric x100."""
+    return {
+        "model": result.model,
+        "task": result.task,
+        "metric": result.metric,
+        "results": [
+            {"layers": layers, "dimensions": dimensions, "score": score}
+            for (layers, dimensions), score in result.scores[result.metric].items()
+        ],
+        "seconds": result.seconds,
+    }
+
+
+def save_heatmap(result: GridResult, path: str | Path) -> None:
+    """The primary metric of every cell as a PNG heatmap, each cell labelled with score and change."""
+    from matplotlib.figure import Figure  # matplotlib is the eval extra's, not a core dependency
+
+    layers, dimensions = result.layers, result.dimensions
+    scores = np.array([[result.scores[result.metric][row, column] for column in dimensions] for row in layers])
+    figure = Figure(figsize=(2.2 + 1.1 * len(dimensions), 1.6 + 0.5 * len(layers)), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(scores, cmap="viridis", aspect="auto")
+    axes.set_xticks(range(len(dimensions)), [str(width) for width in dimensions])
+    axes.set_yticks(range(len(layers)), [str(depth) for depth in layers])
+    axes.set_xlabel("dimensions")
+    axes.set_ylabel("layers")
+    axes.set_title(f"{'/'.join(Path(result.model).parts[-2:])}\n{result.task} {result.metric} x100", fontsize=10)
+    for row, depth in enumerate(layers):
+        for column, width in enumerate(dimensions):
+            score = scores[row, column]
+            axes.text(
+                column,
+                row,
+                f"{score:.1f}\n{change(result, result.metric, depth, width):+.1f}%",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if image.norm(score) < 0.5 else "black",
+            )
+    figure.colorbar(image, ax=axes)
+    figure.savefig(path, format="png", dpi=150)
