@@ -164,6 +164,20 @@ def open_collection(embedder: Any, name: str = DEFAULT_COLLECTION, *, client: Cl
     return collection
 
 
+def open_store(
+    embedder: Any,
+    collection_name: str | None = None,
+    *,
+    persist_dir: str | Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    client: ClientAPI | None = None,
+) -> tuple[ClientAPI, Collection]:
+    """`open_collection` on `client`, or on the client that `persist_dir` or `host`/`port` name."""
+    client = client or chroma_client(persist_dir, host, port)
+    return client, open_collection(embedder, collection_name or DEFAULT_COLLECTION, client=client)
+
+
 def stored_embedding_function(name: str = DEFAULT_COLLECTION, *, client: ClientAPI) -> Matryoshka2DEmbeddingFunction:
     """The embedding function a collection was built with, rebuilt from what it recorded."""
     stored = client.get_collection(name, embedding_function=None).metadata or {}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,10 @@ from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
 from mm2d_integrations.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
 from mm2d_integrations.evaluation.timing import DepthClock
 from mm2d_integrations.loading import check_int_in_range
+
+if TYPE_CHECKING:
+    from mm2d_integrations.evaluation.funnel import FunnelResult
+    from mm2d_integrations.funnel import Funnel
 
 Cell = tuple[int, int]  # (layers, dimensions)
 QueryMetric = Callable[[Sequence[str], Mapping[str, int], int], float]
@@ -43,6 +48,7 @@ class GridResult:
     encode_seconds: float  # the pass, every depth at once
     depth_seconds: dict[int, float]  # depth -> seconds an encoder cut there needs for the texts (DepthClock)
     seconds: float  # encoding and scoring; loading the model excluded
+    funnels: list[FunnelResult] = field(default_factory=list)  # retrieval only: each funnel at each depth
 
     @property
     def metric(self) -> str:
@@ -118,11 +124,16 @@ def evaluate_retrieval(
     layers: Sequence[int] | None = None,
     dimensions: Sequence[int] | None = None,
     *,
+    funnels: Sequence[Funnel] = (),
     show_progress: bool = False,
 ) -> GridResult:
-    """nDCG@10, Recall@100 and MRR@10 x100 of every cell, ranking the whole corpus by exact cosine."""
+    """nDCG@10, Recall@100 and MRR@10 x100 of every cell, ranking the whole corpus by exact cosine;
+    and each funnel at each depth, re-ranking by the widest width evaluated (see `evaluation.funnel`)."""
+    from mm2d_integrations.evaluation.funnel import evaluate_funnel  # it builds on this module
+
     started = time.perf_counter()
     depths, widths = grid_axes(encoder, layers, dimensions)
+    funnels = [funnel.check(widths[0]) for funnel in funnels]
     texts = len(dataset.documents) + len(dataset.queries)
     with DepthClock(encoder) as clock:
         documents = encoder.encode_depths(
@@ -138,7 +149,12 @@ def evaluate_retrieval(
             kept_documents = truncate_dimensions(documents[depth], width)
             for name, score in _retrieval_scores(kept_queries, kept_documents, dataset, own).items():
                 scores[name][depth, width] = score
-    return _result(encoder, "retrieval", scores, depths, texts, clock, started)
+    measured = [
+        evaluate_funnel(queries[depth], documents[depth], dataset, own, funnel, depth, widths[0])
+        for depth in depths
+        for funnel in funnels
+    ]
+    return _result(encoder, "retrieval", scores, depths, texts, clock, started, measured)
 
 
 def _retrieval_scores(
@@ -181,6 +197,7 @@ def _result(
     texts: int,
     clock: DepthClock,
     started: float,
+    funnels: list[FunnelResult] | None = None,
 ) -> GridResult:
     return GridResult(
         model=encoder.model_name,
@@ -191,4 +208,5 @@ def _result(
         encode_seconds=clock.seconds,
         depth_seconds={depth: clock.seconds_at(depth) for depth in depths},
         seconds=time.perf_counter() - started,
+        funnels=funnels or [],
     )

@@ -38,7 +38,29 @@ def format_report(result: GridResult) -> str:
     lines += ["", "encoding throughput per depth*", f"{'layers':>6}  texts/s"]
     lines += [f"{depth:>6}  {_rate(result.texts, result.depth_seconds[depth]):>7}" for depth in result.layers]
     lines.append("* of an encoder cut to that depth, measured in the pass: its time less the time in deeper layers")
+    if result.funnels:
+        lines += ["", *_funnel_table(result)]
     return "\n".join(lines)
+
+
+def _funnel_table(result: GridResult) -> list[str]:
+    """Each funnel against single-stage exact search over the full vectors, measured query by query."""
+    lines = [
+        "funnel SxF: the top 10 x F by the first S dimensions (exact scan), re-ranked by all; "
+        "(in brackets) single-stage exact search over all dimensions",
+        f"{'layers':>6}  {'funnel':>8}  {'dims':>5}  {'nDCG@10':>18}  {'recall@10 vs exact':>18}  "
+        f"{'ms/query':>15}  {'bytes/vector searched':>21}",
+    ]
+    for funnel in result.funnels:
+        ndcg = f"{funnel.ndcg:.2f} ({funnel.exact_ndcg:.2f})"
+        milliseconds = f"{1000 * funnel.seconds_per_query:.3f} ({1000 * funnel.exact_seconds_per_query:.3f})"
+        searched = f"{funnel.searched_bytes} ({funnel.exact_searched_bytes})"
+        lines.append(
+            f"{funnel.layers:>6}  {str(funnel.funnel):>8}  {funnel.dimensions:>5}  {ndcg:>18}  {funnel.recall:>18.2f}  "
+            f"{milliseconds:>15}  {searched:>21}"
+        )
+    lines.append("recall@10 vs exact: the share of single-stage search's top 10 in the funnel's; ms/query: median, query vector given")
+    return lines
 
 
 def _table(result: GridResult, metric: str) -> list[str]:
@@ -61,7 +83,7 @@ def _rate(texts: int, seconds: float) -> str:
 
 def to_json(result: GridResult) -> dict[str, Any]:
     """{"model", "task", "metric", "results": [{"layers", "dimensions", "score"}], "seconds"}; score is
-    the primary metric x100."""
+    the primary metric x100. A funnel's row adds "funnel": "64x10"; its dimensions are the full vectors'."""
     return {
         "model": result.model,
         "task": result.task,
@@ -69,6 +91,10 @@ def to_json(result: GridResult) -> dict[str, Any]:
         "results": [
             {"layers": layers, "dimensions": dimensions, "score": score}
             for (layers, dimensions), score in result.scores[result.metric].items()
+        ]
+        + [
+            {"layers": funnel.layers, "dimensions": funnel.dimensions, "score": funnel.ndcg, "funnel": str(funnel.funnel)}
+            for funnel in result.funnels
         ],
         "seconds": result.seconds,
     }

@@ -30,6 +30,11 @@ def _add_answer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framework", choices=FRAMEWORKS, default="langchain")
     parser.add_argument("--generator", default=EXTRACTIVE, help="extractive (offline, default) or a transformers model id or folder")
     parser.add_argument("-k", type=int, default=3, help="chunks to retrieve (default 3)")
+    parser.add_argument(
+        "--funnel", default=None, metavar="DIMSxFACTOR",
+        help="funnel retrieval: shortlist k x FACTOR chunks by the first DIMS dimensions, rank them by all "
+        "(e.g. 64x10; index with --shortlist-dims DIMS first)",
+    )
 
 
 def _store(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -53,14 +58,21 @@ def _print_answer(answer: Any) -> None:
 def _index(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import index
 
-    print(index(args.folder, _store(args), show_progress=True))
+    print(index(args.folder, _store(args, shortlist_dims=args.shortlist_dims), show_progress=True))
     return 0
+
+
+def _funnel(args: argparse.Namespace) -> Any:
+    from mm2d_integrations.funnel import Funnel
+
+    return Funnel.parse(args.funnel) if args.funnel else None
 
 
 def _ask(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask
 
-    _print_answer(ask(args.question, _store(args), framework=args.framework, generator=args.generator, k=args.k))
+    answer = ask(args.question, _store(args), framework=args.framework, generator=args.generator, k=args.k, funnel=_funnel(args))
+    _print_answer(answer)
     return 0
 
 
@@ -72,12 +84,13 @@ def _demo(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"the sample corpus {folder} is not here: run the demo from a checkout of the repository")
     questions = [json.loads(line) for line in (SAMPLE_FOLDER / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    funnel = _funnel(args)
     with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
-        store = _store(args, persist_dir=args.persist_dir or scratch)
+        store = _store(args, persist_dir=args.persist_dir or scratch, shortlist_dims=funnel and funnel.shortlist_dims)
         print(f"indexing {folder} ...\n{index(folder, store, show_progress=True)}\n")
         for question in questions[:: max(1, len(questions) // DEMO_QUESTIONS)][:DEMO_QUESTIONS]:
             print(f"Q: {question['question']}")
-            _print_answer(ask(question["question"], store, framework=args.framework, generator=args.generator, k=args.k))
+            _print_answer(ask(question["question"], store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel))
             print()
     return 0
 
@@ -86,6 +99,10 @@ def add_rag_commands(commands: Any) -> None:
     index_parser = commands.add_parser("index", help="index a folder of documents into Chroma (incremental)")
     index_parser.add_argument("folder")
     _add_store_options(index_parser)
+    index_parser.add_argument(
+        "--shortlist-dims", type=int, default=None, metavar="DIMS",
+        help="also keep each vector's first DIMS dimensions in COLLECTION-shortDIMS, for mm2d ask --funnel",
+    )
     index_parser.set_defaults(run=_index)
 
     ask_parser = commands.add_parser("ask", help="answer a question from the indexed documents, with sources")

@@ -39,6 +39,16 @@ def stored_ids(collection: Any, page: int = 5000) -> set[str]:
             return ids
 
 
+def held_ids(collection: Any) -> tuple[set[str], set[str]]:
+    """(ids every collection holds, ids any holds): a run killed between the writes of a
+    `FunnelIndex`'s two collections leaves ids in one only, to be written again or deleted."""
+    from mm2d_integrations.funnel import FunnelIndex
+
+    parts = (collection.full, collection.short) if isinstance(collection, FunnelIndex) else (collection,)
+    held = [stored_ids(part) for part in parts]
+    return set.intersection(*held), set.union(*held)
+
+
 def index_folder(
     folder: str | Path,
     collection: Any,
@@ -49,14 +59,16 @@ def index_folder(
 ) -> IndexReport:
     """Make `collection` hold exactly the chunks of `folder`, embedding only chunks it lacks.
 
+    `collection`: a Chroma collection, or a `FunnelIndex`, whose two collections are kept in sync
+    (a chunk either lacks is embedded once and written to both).
     New chunks are written before stale ones are deleted, and ids are derived from content, so an
     interrupted run leaves no duplicates and the next run completes it.
     """
     loaded = load_folder(folder)
     chunks = split_documents(loaded.documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-    existing = stored_ids(collection)
+    complete, existing = held_ids(collection)
     wanted = {chunk.id for chunk in chunks}
-    missing = [chunk for chunk in chunks if chunk.id not in existing]
+    missing = [chunk for chunk in chunks if chunk.id not in complete]
     with tqdm(total=len(missing), desc="indexing", unit="chunk", disable=not show_progress) as progress:
         for start in range(0, len(missing), BATCH):
             batch = missing[start : start + BATCH]

@@ -13,6 +13,7 @@ from mm2d_integrations.chroma import (
     stored_embedding_function,
 )
 from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.funnel import Funnel, FunnelIndex
 from mm2d_integrations.loading import default_model
 from mm2d_integrations.rag.generators import Answer, ExtractiveAnswerer, Generator, TransformersGenerator
 from mm2d_integrations.rag.indexer import IndexReport, index_folder
@@ -33,6 +34,8 @@ class Store:
     model: str | None = None
     encoder_options: dict[str, Any] = field(default_factory=dict)
     """Further `Matryoshka2DEncoder` arguments: num_layers, dimensions, batch_size, device, dtype ..."""
+    shortlist_dims: int | None = None
+    """When set, `index` also keeps the vectors' first `shortlist_dims` components, for funnel retrieval."""
 
     def client(self) -> Any:
         return chroma_client(self.persist_dir, self.host, self.port)
@@ -49,9 +52,14 @@ class Store:
 
 
 def index(folder: str | Path, store: Store, *, show_progress: bool = False) -> IndexReport:
-    """Make the store's collection hold exactly the chunks of `folder` (see `index_folder`)."""
-    collection = open_collection(store.new_encoder(), store.collection, client=store.client())
-    return index_folder(folder, collection, show_progress=show_progress)
+    """Make the store's collection (and its shortlist collection) hold exactly the chunks of `folder`
+    (see `index_folder`)."""
+    encoder, client = store.new_encoder(), store.client()
+    if store.shortlist_dims is None:
+        target = open_collection(encoder, store.collection, client=client)
+    else:
+        target = FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
+    return index_folder(folder, target, show_progress=show_progress)
 
 
 def make_generator(name: str, encoder: Matryoshka2DEncoder) -> Generator:
@@ -66,10 +74,12 @@ def ask(
     framework: Framework = "langchain",
     generator: str | Generator | Any = EXTRACTIVE,
     k: int = 3,
+    funnel: Funnel | None = None,
 ) -> Answer:
     """Retrieve `k` chunks for `question` and answer from them, with their sources.
 
     `generator`: a name for `make_generator`, one of our generators, or any chat model / LLM of `framework`.
+    `funnel`: retrieve by funnel (the store indexed with its `shortlist_dims`), not by one search of all dimensions.
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
@@ -78,6 +88,9 @@ def ask(
     client = store.client()
     encoder = store.encoder(client)
     chosen = make_generator(generator, encoder) if isinstance(generator, str) else generator
+    if funnel is not None:
+        funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client)
+        return _ask_funnel(question, funnel_index, framework, chosen, k, funnel.shortlist_factor)
     if framework == "langchain":
         from mm2d_integrations.langchain import Matryoshka2DEmbeddings, chroma_vector_store
         from mm2d_integrations.rag.langchain_chain import build_rag_chain
@@ -92,3 +105,24 @@ def ask(
     embedding = Matryoshka2DEmbedding.from_encoder(encoder)
     vector_index = VectorStoreIndex.from_vector_store(llama_store(embedding, store.collection, client=client), embed_model=embedding)
     return to_answer(build_query_engine(vector_index, chosen, similarity_top_k=k).query(question))
+
+
+def _ask_funnel(question: str, funnel_index: FunnelIndex, framework: Framework, generator: Any, k: int, factor: int) -> Answer:
+    """`ask` through the funnel retriever of `framework`."""
+    funnel_index.check_complete()
+    if framework == "langchain":
+        from mm2d_integrations.langchain import FunnelRetriever
+        from mm2d_integrations.rag.langchain_chain import build_rag_chain
+
+        return build_rag_chain(FunnelRetriever(index=funnel_index, k=k, shortlist_factor=factor), generator).invoke(question)
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    from mm2d_integrations.llama_index import FunnelRetriever as LlamaFunnelRetriever
+    from mm2d_integrations.rag.llama_index_engine import QA_TEMPLATE, GeneratorQueryEngine, to_answer
+
+    retriever = LlamaFunnelRetriever(funnel_index, similarity_top_k=k, shortlist_factor=factor)
+    if isinstance(generator, Generator):
+        engine = GeneratorQueryEngine(retriever=retriever, generator=generator)
+    else:
+        engine = RetrieverQueryEngine.from_args(retriever, llm=generator, text_qa_template=QA_TEMPLATE)
+    return to_answer(engine.query(question))

@@ -1,0 +1,76 @@
+"""Funnel retrieval measured in the grid's pass: shortlist by a prefix, re-rank by the full vectors.
+
+The shortlist here is the exact top `10 x factor` by the prefix (a scan of the whole corpus), so
+the numbers carry no approximate-search error; an approximate index over the prefix, such as the
+HNSW of `funnel.FunnelIndex`, can only miss candidates it finds. `benchmarks/funnel.py` measures
+that one in Chroma.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mm2d_integrations.encoder import truncate_dimensions
+from mm2d_integrations.evaluation.datasets import BeirSet
+from mm2d_integrations.evaluation.grid import top_k
+from mm2d_integrations.evaluation.metrics import ndcg_at_k
+from mm2d_integrations.funnel import Funnel, rerank
+
+FUNNEL_K = 10  # the funnel serves nDCG@10, the primary metric
+FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class FunnelResult:
+    """A funnel against single-stage exact search over the full vectors, on the same queries."""
+
+    funnel: Funnel
+    layers: int
+    dimensions: int  # the full vectors': what re-ranks, and what single-stage search uses
+    ndcg: float  # nDCG@10 x100 of the funnel's top 10
+    exact_ndcg: float  # nDCG@10 x100 of single-stage exact search
+    recall: float  # x100: the share of single-stage search's top 10 that the funnel's top 10 holds
+    seconds_per_query: float  # median of the funnel's search, query vector given
+    exact_seconds_per_query: float  # median of single-stage exact search, timed query by query beside it
+
+    @property
+    def searched_bytes(self) -> int:
+        """Bytes per vector of what the search scans: the prefix (the full vectors are read for candidates only)."""
+        return FLOAT32_BYTES * self.funnel.shortlist_dims
+
+    @property
+    def exact_searched_bytes(self) -> int:
+        return FLOAT32_BYTES * self.dimensions
+
+
+def evaluate_funnel(
+    queries: np.ndarray, documents: np.ndarray, dataset: BeirSet, own: np.ndarray, funnel: Funnel, layers: int, dimensions: int
+) -> FunnelResult:
+    """`queries` and `documents`: one depth's vectors, at least `dimensions` wide; `own[i]` is the
+    document never retrieved for query i (see `grid.top_k`). Each query is searched both ways in turn,
+    so that other load on the machine weighs on both timings alike."""
+    full_queries, full_documents = truncate_dimensions(queries, dimensions), truncate_dimensions(documents, dimensions)
+    short_queries = truncate_dimensions(queries, funnel.shortlist_dims)
+    short_documents = truncate_dimensions(documents, funnel.shortlist_dims)
+    seconds = np.empty((len(queries), 2))
+    ndcg, exact_ndcg, recall = [], [], []
+    for row, query_id in enumerate(dataset.query_ids):
+        skip = own[row : row + 1]
+        started = time.perf_counter()
+        exact = top_k(full_queries[row : row + 1], full_documents, FUNNEL_K, skip)[0]
+        middle = time.perf_counter()
+        candidates = top_k(short_queries[row : row + 1], short_documents, FUNNEL_K * funnel.shortlist_factor, skip)[0]
+        order, _ = rerank(full_queries[row], full_documents[candidates], FUNNEL_K)
+        found = candidates[order]
+        seconds[row] = time.perf_counter() - middle, middle - started
+        ndcg.append(ndcg_at_k([dataset.corpus_ids[index] for index in found], dataset.qrels[query_id], FUNNEL_K))
+        exact_ndcg.append(ndcg_at_k([dataset.corpus_ids[index] for index in exact], dataset.qrels[query_id], FUNNEL_K))
+        recall.append(len(set(found) & set(exact)) / len(exact))
+    funnel_seconds, exact_seconds = np.median(seconds, axis=0)
+    return FunnelResult(
+        funnel, layers, dimensions, 100 * float(np.mean(ndcg)), 100 * float(np.mean(exact_ndcg)),
+        100 * float(np.mean(recall)), float(funnel_seconds), float(exact_seconds),
+    )
