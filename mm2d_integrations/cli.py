@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mm2d_integrations.rag.command import add_rag_commands
 
     add_rag_commands(commands)
+    from mm2d_integrations.adapt_command import add_adapt_command
+
+    add_adapt_command(commands)
     return parser
 
 

@@ -22,6 +22,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mm2d_integrations.exit_heads import ExitHeads, read_exit_heads
 from mm2d_integrations.pooling import POOLING_MODES, pooling_from_sentence_transformers
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ class LoadedModel:
     max_layers: int
     num_layers: int
     settings: ModelSettings
+    exit_heads: ExitHeads = field(default_factory=ExitHeads)  # learned by `mm2d adapt`; none for most models
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -218,7 +220,7 @@ class LoadedModel:
 
     @functools.cached_property
     def weights_id(self) -> str:
-        return self.source.weights_id()
+        return self.source.weights_id()  # a local folder's hash covers its exit heads file too
 
     @property
     def final_norm(self) -> torch.nn.Module | None:
@@ -312,6 +314,7 @@ def _load(
         max_layers=max_layers,
         num_layers=kept,
         settings=settings,
+        exit_heads=read_exit_heads(source, max_layers, int(config.hidden_size), device),
     )
 
 

@@ -1,0 +1,54 @@
+"""`mm2d adapt --corpus PATH --out DIR`: exit heads for every shallow depth, learned on your own text."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mm2d_integrations.adapt import EPOCHS, MAX_TEXTS, METHODS, AdaptReport, adapt, read_corpus
+from mm2d_integrations.loading import default_model
+
+
+def add_adapt_command(commands: argparse._SubParsersAction) -> None:
+    """Register `mm2d adapt` with the command line's subcommands."""
+    parser = commands.add_parser(
+        "adapt", help="make a model truncatable in depth: learn exit heads on unlabeled text (no labels, CPU)"
+    )
+    parser.add_argument("--model", default=None, help="hub id or folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--corpus", type=Path, required=True, help="a folder of documents, a .jsonl (BEIR corpus) or a file of one text a line")
+    parser.add_argument("--out", type=Path, required=True, help="new folder for the adapted model (base files copied unchanged, plus the heads)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths that get a head (default: every depth below full)")
+    parser.add_argument("--method", choices=METHODS, default="auto", help="head kind; auto keeps the best on held-out text (default)")
+    parser.add_argument("--max-texts", type=int, default=MAX_TEXTS, help=f"sample at most this many texts (default {MAX_TEXTS})")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs of the lowrank and mlp heads (default {EPOCHS})")
+    parser.add_argument("--mlp-hidden", type=int, default=None, help="hidden width of the mlp head (default 4 x the model's width)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    texts = read_corpus(args.corpus)  # before loading the model, so that a bad corpus fails at once
+    report = adapt(
+        args.model or default_model(), texts, args.out, layers=args.layers, method=args.method,
+        max_texts=args.max_texts, epochs=args.epochs, mlp_hidden=args.mlp_hidden, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, show_progress=True,
+    )
+    print(format_adapt_report(report))
+    return 0
+
+
+def format_adapt_report(report: AdaptReport) -> str:
+    """Per depth: the head kept, and the held-out cosine to full depth of the plain cut and of each head tried."""
+    lines = [
+        f"adapted {report.model} on {report.texts} texts ({report.held_out} held out) in {report.seconds:.1f} s "
+        f"(encoding {report.encode_seconds:.1f} s)",
+        "mean cosine to the full-depth embedding on held-out texts",
+        "layers  head      plain cut  with head  tried",
+    ]
+    for depth, result in sorted(report.depths.items()):
+        tried = ", ".join(f"{kind} {cosine:.3f}" for kind, cosine in result.tried.items())
+        lines.append(f"{depth:>6}  {result.kind:<8}  {result.raw_cosine:>9.3f}  {result.cosine:>9.3f}  {tried}")
+    lines.append(f"wrote {report.out}: use it as any model folder, e.g. mm2d eval sts FILE --model {report.out}")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from scipy.special import erf
+
+from mm2d_integrations import Matryoshka2DEncoder
+from mm2d_integrations.adapt import adapt, read_corpus
+from mm2d_integrations.cli import main
+from mm2d_integrations.evaluation.datasets import StsPairs, read_sts
+from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE
+from tests.conftest import STSB
+from tests.tiny_models import build_tiny_model
+
+TEXTS = ["a short one", "a much longer sentence about the quarterly energy report and its numbers", "ok", "Two dogs run."]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(folder, "bert", minilm_path, pooling="mean")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def train_sentences() -> list[str]:
+    train = read_sts(STSB / "sts-train.csv")
+    return list(dict.fromkeys(train.first + train.second))[:400]
+
+
+@pytest.fixture(scope="module", params=["ridge", "lowrank", "mlp"])
+def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, train_sentences: list[str]) -> Path:
+    out = tmp_path_factory.mktemp("adapted") / request.param
+    report = adapt(tiny_base, train_sentences[:80], out, method=request.param, epochs=2)
+    assert {result.kind for result in report.depths.values()} == {request.param} and sorted(report.depths) == [1, 2, 3]
+    return out
+
+
+def _hand_head(folder: Path, depth: int, pooled: np.ndarray) -> np.ndarray:
+    """The head of `depth` applied with numpy, from the files as written."""
+    entry = json.loads((folder / HEADS_CONFIG).read_text())["heads"][str(depth)]
+    tensors = {name.removeprefix(f"{depth}."): value for name, value in load_file(folder / HEADS_FILE).items() if name.startswith(f"{depth}.")}
+    standard = (pooled - tensors["mean"]) / tensors["scale"]
+    if entry["kind"] == "lowrank":
+        return standard @ tensors["linear.0.weight"].T @ tensors["linear.1.weight"].T + tensors["linear.1.bias"]
+    mapped = standard @ tensors["linear.weight"].T + tensors["linear.bias"]
+    if entry["kind"] == "mlp":
+        inner = standard @ tensors["mlp.0.weight"].T + tensors["mlp.0.bias"]
+        mapped += (0.5 * inner * (1 + erf(inner / np.sqrt(2)))) @ tensors["mlp.2.weight"].T + tensors["mlp.2.bias"]
+    return mapped
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_full_depth_is_bit_identical_to_the_base(adapted: Path, tiny_base: Path) -> None:
+    assert (adapted / "model.safetensors").read_bytes() == (tiny_base / "model.safetensors").read_bytes()
+    assert np.array_equal(Matryoshka2DEncoder(adapted).encode_documents(TEXTS), Matryoshka2DEncoder(tiny_base).encode_documents(TEXTS))
+
+
+def test_the_head_of_the_chosen_depth_applies(adapted: Path, tiny_base: Path) -> None:
+    raw = Matryoshka2DEncoder(tiny_base, num_layers=2, normalize=False).encode_documents(TEXTS)
+    ours = Matryoshka2DEncoder(adapted, num_layers=2).encode_documents(TEXTS)
+    assert not np.allclose(ours, _normalised(raw), atol=1e-2)
+    np.testing.assert_allclose(ours, _normalised(_hand_head(adapted, 2, raw)), atol=1e-5)
+    narrow = Matryoshka2DEncoder(adapted, num_layers=2, dimensions=8).encode_documents(TEXTS)
+    np.testing.assert_allclose(narrow, _normalised(_hand_head(adapted, 2, raw)[:, :8]), atol=1e-5)
+
+
+def test_encode_depths_equals_separately_cut_encoders(adapted: Path) -> None:
+    vectors = Matryoshka2DEncoder(adapted).encode_depths(TEXTS, [1, 2, 3, 4])
+    for depth in (1, 2, 3, 4):
+        np.testing.assert_allclose(vectors[depth], Matryoshka2DEncoder(adapted, num_layers=depth).encode_documents(TEXTS), atol=1e-6)
+
+
+def test_the_folder_loads_in_both_adapters(adapted: Path) -> None:
+    from mm2d_integrations.langchain import Matryoshka2DEmbeddings
+    from mm2d_integrations.llama_index import Matryoshka2DEmbedding
+
+    expected = Matryoshka2DEncoder(adapted, num_layers=1).encode_documents(TEXTS)
+    np.testing.assert_allclose(Matryoshka2DEmbeddings(model=adapted, num_layers=1).embed_documents(TEXTS), expected, atol=1e-6)
+    llama = Matryoshka2DEmbedding(model_name=adapted, num_layers=1)
+    np.testing.assert_allclose(llama.get_text_embedding_batch(TEXTS), expected, atol=1e-6)
+
+
+def test_heads_change_the_fingerprint_and_chroma_refuses_the_adapted_encoder(
+    adapted: Path, tiny_base: Path, tmp_path: Path
+) -> None:
+    from mm2d_integrations.chroma import EmbeddingSpaceMismatch, chroma_client, open_collection
+
+    copy = tmp_path / "copy"
+    shutil.copytree(adapted, copy, ignore=shutil.ignore_patterns(HEADS_FILE, HEADS_CONFIG))
+    base = Matryoshka2DEncoder(copy, num_layers=2)
+    assert base.fingerprint["weights"] == Matryoshka2DEncoder(tiny_base, num_layers=2).fingerprint["weights"]
+    assert Matryoshka2DEncoder(adapted, num_layers=2).fingerprint["weights"] != base.fingerprint["weights"]
+    client = chroma_client(tmp_path / "chroma")
+    open_collection(base, "docs", client=client).add(ids=["a"], documents=["a document"])
+    with pytest.raises(EmbeddingSpaceMismatch, match="weights"):
+        open_collection(Matryoshka2DEncoder(adapted, num_layers=2), "docs", client=client)
+
+
+def test_a_learned_head_is_closer_to_full_depth_on_held_out_text(
+    minilm_path: Path, train_sentences: list[str], sts_sentences: list[str], tmp_path: Path
+) -> None:
+    report = adapt(minilm_path, train_sentences[:300], tmp_path / "out", layers=[2], method="ridge")
+    teacher = Matryoshka2DEncoder(minilm_path).encode_documents(sts_sentences[:100])
+    raw = Matryoshka2DEncoder(minilm_path, num_layers=2).encode_documents(sts_sentences[:100])
+    headed = Matryoshka2DEncoder(tmp_path / "out", num_layers=2).encode_documents(sts_sentences[:100])
+    raw_cosine, head_cosine = (float((vectors * teacher).sum(1).mean()) for vectors in (raw, headed))
+    assert head_cosine > raw_cosine + 0.2 and head_cosine > 0.6
+    assert report.depths[2].cosine > report.depths[2].raw_cosine
+
+
+def test_cli_end_to_end(tiny_base: Path, train_sentences: list[str], sts_dev: StsPairs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(train_sentences[:60]) + "\n\n", encoding="utf-8")
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(out), "--layers", "1", "3", "--method", "ridge"]) == 0
+    printed = capsys.readouterr().out
+    assert "adapted" in printed and "on 60 texts (6 held out)" in printed and "plain cut  with head" in printed
+    assert sorted(json.loads((out / HEADS_CONFIG).read_text())["heads"]) == ["1", "3"]
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{s}\t{a}\t{b}\n" for s, a, b in zip(sts_dev.scores[:30], sts_dev.first, sts_dev.second)), encoding="utf-8")
+    assert main(["eval", "sts", str(pairs), "--model", str(out), "--dims", "32"]) == 0
+    assert "sts cosine Spearman x100" in capsys.readouterr().out
+
+
+def test_a_folder_of_documents_and_a_jsonl_are_corpora(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# Title\n\nFirst paragraph.\n\nSecond paragraph.", encoding="utf-8")
+    assert read_corpus(tmp_path / "docs") == ["# Title\n\nFirst paragraph.\n\nSecond paragraph."]
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "title": "T", "text": "body"}\n{"_id": "2", "text": "x"}\n', encoding="utf-8")
+    assert read_corpus(tmp_path / "corpus.jsonl") == ["T body", "x"]
+
+
+@pytest.mark.parametrize(
+    ("corpus", "options", "message"),
+    [
+        ("missing.txt", [], "corpus .*missing.txt' does not exist"),
+        ("empty.txt", [], "holds no text"),
+        ("few.txt", [], "has 3 distinct texts; adapting needs at least 10"),
+        ("good.txt", ["--layers", "4"], r"layers must be an int in \[1, 3\], got 4"),
+        ("good.txt", ["--layers", "0"], r"layers must be an int in \[1, 3\], got 0"),
+        ("good.txt", ["--out-exists"], "exists and is not an empty folder"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_problem(
+    tiny_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], corpus: str, options: list[str], message: str
+) -> None:
+    (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp_path / "few.txt").write_text("a\nb\nc\na\n", encoding="utf-8")
+    (tmp_path / "good.txt").write_text("\n".join(f"sentence number {index}" for index in range(20)), encoding="utf-8")
+    out = tmp_path / "out"
+    if options == ["--out-exists"]:
+        out.mkdir()
+        (out / "something").write_text("x")
+        options = []
+    arguments = ["adapt", "--model", str(tiny_base), "--corpus", str(tmp_path / corpus), "--out", str(out), *options]
+    assert main(arguments) == 2
+    assert re.search("mm2d: error: .*" + message, capsys.readouterr().err)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        texts = read_corpus(tmp_path / corpus)
+        adapt(tiny_base, texts, out, layers=[int(options[1])] if options else None, method="ridge")
+
+
+def test_heads_refuse_another_pooling_and_a_second_adaptation(adapted: Path, train_sentences: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exit heads were learned with pooling 'mean', not 'cls'"):
+        Matryoshka2DEncoder(adapted, pooling="cls")
+    with pytest.raises(ValueError, match="already has exit heads"):
+        adapt(adapted, train_sentences[:20], tmp_path / "again")
+
+
+def test_heads_that_do_not_match_their_description_are_refused(adapted: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(adapted, broken)
+    config = json.loads((broken / HEADS_CONFIG).read_text())
+    config["heads"]["1"]["kind"] = "lowrank" if config["heads"]["1"]["kind"] != "lowrank" else "linear"
+    config["heads"]["1"]["inner"] = 7
+    (broken / HEADS_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        Matryoshka2DEncoder(broken, num_layers=1)
+
+
+def test_same_depth_and_cross_depth_retrieval_from_one_pass(adapted: Path, sts_dev: StsPairs, tmp_path: Path) -> None:
+    from mm2d_integrations.evaluation.cross_depth import evaluate_depths
+    from mm2d_integrations.evaluation.datasets import read_beir
+    from mm2d_integrations.evaluation.grid import evaluate_retrieval, top_k
+    from mm2d_integrations.evaluation.metrics import ndcg_at_k
+    from tests.test_evaluation_datasets import write_sts_retrieval_set
+
+    dataset = read_beir(write_sts_retrieval_set(tmp_path / "beir", sts_dev, 40))
+    encoder = Matryoshka2DEncoder(adapted)
+    scores = evaluate_depths(encoder, dataset, [4, 2, 1])
+    grid = evaluate_retrieval(encoder, dataset, [4, 2, 1], [encoder.max_dimensions]).scores
+    for depth in (4, 2, 1):
+        for metric, value in scores.same_depth[depth].items():
+            assert value == pytest.approx(grid[metric][depth, encoder.max_dimensions], abs=1e-9)
+    assert scores.cross_depth[4] == scores.same_depth[4]
+    documents = encoder.encode_documents(dataset.documents)
+    queries = Matryoshka2DEncoder(adapted, num_layers=2).encode_queries(dataset.queries)
+    own = np.array([dataset.corpus_ids.index(query_id) if query_id in dataset.corpus_ids else -1 for query_id in dataset.query_ids])
+    ranked = [[dataset.corpus_ids[index] for index in row if index != skip] for row, skip in zip(top_k(queries, documents, 100, own), own)]
+    expected = 100 * np.mean([ndcg_at_k(ranking, dataset.qrels[query_id], 10) for ranking, query_id in zip(ranked, dataset.query_ids)])
+    assert scores.cross_depth[2]["nDCG@10"] == pytest.approx(expected, abs=1e-6)
+    assert scores.cross_depth[2] != scores.same_depth[2]
