@@ -77,10 +77,12 @@ def _hand_reference(model, folder: Path, texts: list[str], num_layers: int, pool
         hidden = output.hidden_states[num_layers]
         if hasattr(model, "final_norm") and num_layers < model.config.num_hidden_layers:
             hidden = model.final_norm(hidden)
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
     if pooling == "cls":
         pooled = hidden[:, 0]
+    elif pooling == "max":
+        pooled = (hidden - 1e9 * (1 - mask)).max(1).values
     else:
-        mask = tokens["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1)
     sliced = pooled[:, :dimensions].numpy()
     return sliced / np.linalg.norm(sliced, axis=1, keepdims=True)
@@ -88,7 +90,7 @@ def _hand_reference(model, folder: Path, texts: list[str], num_layers: int, pool
 
 @pytest.mark.parametrize(
     ("architecture", "pooling", "max_layers"),
-    [("bert", "cls", 4), ("distilbert", "mean", 3), ("modernbert", "mean", 4)],
+    [("bert", "cls", 4), ("distilbert", "mean", 3), ("modernbert", "mean", 4), ("roberta", "cls", 3), ("mpnet", "mean", 3), ("electra", "max", 3)],
 )
 def test_tiny_models_match_a_hand_computed_reference(
     tmp_path: Path, minilm_path: Path, architecture: str, pooling: str, max_layers: int
@@ -101,7 +103,11 @@ def test_tiny_models_match_a_hand_computed_reference(
         np.testing.assert_allclose(encoder.encode_documents(TEXTS), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("architecture", "count_attribute"), [("bert", "num_hidden_layers"), ("distilbert", "n_layers"), ("modernbert", "num_hidden_layers")])
+@pytest.mark.parametrize(
+    ("architecture", "count_attribute"),
+    [("bert", "num_hidden_layers"), ("distilbert", "n_layers"), ("modernbert", "num_hidden_layers"), ("roberta", "num_hidden_layers"),
+     ("mpnet", "num_hidden_layers"), ("electra", "num_hidden_layers")],
+)
 def test_dropped_layers_are_not_loaded(tmp_path: Path, minilm_path: Path, architecture: str, count_attribute: str) -> None:
     build_tiny_model(tmp_path, architecture, minilm_path, pooling="mean")
     full = Matryoshka2DEncoder(tmp_path)._loaded.model
@@ -229,3 +235,44 @@ def test_threads_get_exactly_the_serial_results(minilm_path: Path, sts_sentences
         thread.join()
     for index, expected in enumerate(serial):
         np.testing.assert_array_equal(results[index], expected)
+
+
+def test_bf16_precision_stays_close_to_float32(minilm_path: Path, sts_sentences: list[str]) -> None:
+    fast = Matryoshka2DEncoder(minilm_path, precision="bf16")
+    exact = Matryoshka2DEncoder(minilm_path)
+    assert fast.precision == "bf16" and fast._loaded is exact._loaded  # autocast: the same float32 weights
+    assert (fast.encode_documents(sts_sentences) * exact.encode_documents(sts_sentences)).sum(1).min() >= 0.999
+    with pytest.raises(ValueError, match="precision must be one of float32, bf16, got 'int8'"):
+        Matryoshka2DEncoder(minilm_path, precision="int8")
+
+
+def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mm2d_integrations.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: False)
+    with pytest.warns(UserWarning, match="no native bfloat16 support: precision falls back to float32"):
+        encoder = Matryoshka2DEncoder(minilm_path, precision="bf16")
+    assert encoder.precision == "float32"
+
+
+def test_token_budget_batches() -> None:
+    from mm2d_integrations.encoder import token_budget_batches
+
+    lengths = [5, 100, 3, 100, 50, 4]
+    assert token_budget_batches(lengths, 32, None) == [[1, 3, 4, 0, 5, 2]]
+    assert token_budget_batches(lengths, 2, None) == [[1, 3], [4, 0], [5, 2]]
+    assert token_budget_batches(lengths, 32, 200) == [[1, 3], [4, 0, 5, 2]]
+    assert token_budget_batches(lengths, 32, 10) == [[1], [3], [4], [0, 5], [2]]  # a text longer than the budget goes alone
+    assert token_budget_batches([], 4, 100) == []
+
+
+def test_token_budget_gives_the_same_vectors(minilm_path: Path, sts_sentences: list[str]) -> None:
+    texts = sts_sentences[:50] + ["a long text " * 80]
+    budget = Matryoshka2DEncoder(minilm_path, max_batch_tokens=300)
+    np.testing.assert_allclose(budget.encode_documents(texts), Matryoshka2DEncoder(minilm_path).encode_documents(texts), atol=1e-5)
+
+
+def test_truncate_dimensions_leaves_its_input_alone() -> None:
+    vectors = np.array([[3.0, 4.0, 12.0]], dtype=np.float32)
+    np.testing.assert_allclose(truncate_dimensions(vectors, 2), [[0.6, 0.8]])
+    np.testing.assert_array_equal(vectors, [[3.0, 4.0, 12.0]])

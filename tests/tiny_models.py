@@ -13,11 +13,17 @@ from transformers import (
     BertModel,
     DistilBertConfig,
     DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
     GPT2Config,
     GPT2LMHeadModel,
     ModernBertConfig,
     ModernBertModel,
+    MPNetConfig,
+    MPNetModel,
     PreTrainedModel,
+    RobertaConfig,
+    RobertaModel,
 )
 
 VOCAB = 30522  # the packaged MiniLM tokenizer's vocabulary, which every tiny model reuses
@@ -32,11 +38,17 @@ def _configs() -> dict[str, object]:
             **small, num_hidden_layers=4, pad_token_id=0, bos_token_id=101, eos_token_id=102,
             cls_token_id=101, sep_token_id=102, global_attn_every_n_layers=2,
         ),
+        "roberta": RobertaConfig(**small, num_hidden_layers=3, max_position_embeddings=130, pad_token_id=1),
+        "mpnet": MPNetConfig(**small, num_hidden_layers=3, max_position_embeddings=130),
+        "electra": ElectraConfig(**small, embedding_size=16, num_hidden_layers=3, max_position_embeddings=128),
         "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2),
     }
 
 
-MODEL_CLASSES = {"bert": BertModel, "distilbert": DistilBertModel, "modernbert": ModernBertModel, "gpt2": GPT2LMHeadModel}
+MODEL_CLASSES = {
+    "bert": BertModel, "distilbert": DistilBertModel, "modernbert": ModernBertModel, "roberta": RobertaModel,
+    "mpnet": MPNetModel, "electra": ElectraModel, "gpt2": GPT2LMHeadModel,
+}
 
 
 def build_tiny_model(

