@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-all}"
-python3 -m venv .venv
+[ -x .venv/bin/python ] || python3 -m venv .venv  # an existing .venv is kept as it is
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${MM2D_TORCH:-torch==2.13.0}"
 .venv/bin/pip install -q -e ".[${extras}]"
