@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import re
 import warnings
@@ -211,6 +212,16 @@ class Matryoshka2DEncoder:
     def source(self) -> Any:
         """Where the weights came from (see `loading.ModelSource`)."""
         return self._loaded.source
+
+    def with_dimensions(self, dimensions: int) -> Matryoshka2DEncoder:
+        """This encoder keeping only its first `dimensions` components: the same loaded model and options.
+
+        A copy rather than a new encoder, so that options the constructor cannot be given again
+        (allow_pickle, trust_remote_code) carry over and nothing is loaded twice.
+        """
+        narrowed = copy.copy(self)
+        narrowed._dimensions = check_int_in_range("dimensions", dimensions, 1, self.dimensions)
+        return narrowed
 
     def options(self) -> dict[str, Any]:
         """The `ENCODER_OPTIONS` that rebuild this encoder (adapters take them as fields)."""

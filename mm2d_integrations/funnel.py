@@ -12,7 +12,6 @@ with another configuration.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,22 +75,6 @@ def rerank(query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     return order, scores[order]
 
 
-def prefix(vectors: np.ndarray, dimensions: int, normalize: bool = True) -> np.ndarray:
-    """`truncate_dimensions` of a copy: on a single row it can normalise a view of `vectors` in place."""
-    return truncate_dimensions(np.array(vectors, np.float32), dimensions, normalize)
-
-
-def narrowed(encoder: Matryoshka2DEncoder, dimensions: int) -> Matryoshka2DEncoder:
-    """`encoder` keeping its first `dimensions` components: the same loaded model and options.
-
-    A copy rather than a new encoder, so that options the constructor cannot be given again
-    (allow_pickle, trust_remote_code) carry over and nothing is loaded twice.
-    """
-    short = copy.copy(encoder)
-    short._dimensions = check_int_in_range("dimensions", dimensions, 1, encoder.dimensions)
-    return short
-
-
 def short_collection_name(name: str, shortlist_dims: int) -> str:
     return f"{name}-short{shortlist_dims}"
 
@@ -119,7 +102,7 @@ class FunnelIndex:
         client = client or chroma_client()
         name = collection_name or DEFAULT_COLLECTION
         self.full = open_collection(self.encoder, name, client=client)
-        self.short = open_collection(narrowed(self.encoder, shortlist_dims), short_collection_name(name, shortlist_dims), client=client)
+        self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short_collection_name(name, shortlist_dims), client=client)
 
     def upsert(
         self,
@@ -135,7 +118,7 @@ class FunnelIndex:
         elif np.shape(vectors) != (len(ids), self.encoder.dimensions):
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.encoder.dimensions}), got {np.shape(vectors)}")
         self.full.upsert(ids=list(ids), embeddings=vectors, documents=list(documents), metadatas=list(metadatas) if metadatas else None)
-        self.short.upsert(ids=list(ids), embeddings=prefix(vectors, self.shortlist_dims, self.encoder.normalize))
+        self.short.upsert(ids=list(ids), embeddings=truncate_dimensions(vectors, self.shortlist_dims, self.encoder.normalize))
 
     def delete(self, ids: Sequence[str]) -> None:
         self.full.delete(ids=list(ids))
@@ -158,7 +141,7 @@ class FunnelIndex:
     def search_vector(self, query: np.ndarray, k: int = 4, shortlist_factor: int = 10) -> list[Hit]:
         """`search` with the query's full vector already computed."""
         wanted = check_search(k, shortlist_factor)
-        short_query = prefix(query[None, :], self.shortlist_dims, self.encoder.normalize)
+        short_query = truncate_dimensions(query[None, :], self.shortlist_dims, self.encoder.normalize)
         candidates = self.short.query(query_embeddings=short_query, n_results=wanted, include=[])["ids"][0]
         if not candidates:
             return []

@@ -276,3 +276,11 @@ def test_truncate_dimensions_leaves_its_input_alone() -> None:
     vectors = np.array([[3.0, 4.0, 12.0]], dtype=np.float32)
     np.testing.assert_allclose(truncate_dimensions(vectors, 2), [[0.6, 0.8]])
     np.testing.assert_array_equal(vectors, [[3.0, 4.0, 12.0]])
+
+
+def test_with_dimensions_shares_the_model_and_narrows_the_vectors(encoder: Matryoshka2DEncoder) -> None:
+    narrow = encoder.with_dimensions(16)
+    assert narrow._loaded is encoder._loaded and (narrow.dimensions, encoder.dimensions) == (16, 128)
+    np.testing.assert_allclose(narrow.encode_documents(["x"]), truncate_dimensions(encoder.encode_documents(["x"]), 16), atol=1e-6)
+    with pytest.raises(ValueError, match=r"dimensions must be an int in \[1, 128\]"):
+        encoder.with_dimensions(129)

@@ -13,7 +13,8 @@ import pytest
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.chroma import FINGERPRINT_KEY, EmbeddingSpaceMismatch, chroma_client, stored_embedding_function
 from mm2d_integrations.cli import main
-from mm2d_integrations.funnel import Funnel, FunnelIndex, prefix
+from mm2d_integrations.encoder import truncate_dimensions
+from mm2d_integrations.funnel import Funnel, FunnelIndex
 from mm2d_integrations.rag.documents import load_folder, split_documents
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
@@ -54,11 +55,11 @@ def test_the_short_collection_holds_the_prefixes_of_the_same_vectors(
     assert sorted(stored_ids(sample_index.short)) == ids and sample_index.short.name == "docs-short64"
     full, short = _vectors(sample_index.full, ids), _vectors(sample_index.short, ids)
     assert full.shape == (len(ids), 384) and short.shape == (len(ids), SHORT)
-    np.testing.assert_allclose(short, prefix(full, SHORT), atol=1e-6)
+    np.testing.assert_allclose(short, truncate_dimensions(full, SHORT), atol=1e-6)
     fingerprints = [json.loads(collection.metadata[FINGERPRINT_KEY]) for collection in (sample_index.full, sample_index.short)]
     assert fingerprints[0] == encoder.fingerprint and fingerprints[1] == {**encoder.fingerprint, "dimensions": SHORT}
     rebuilt = stored_embedding_function(sample_index.short.name, client=client)  # what plain chromadb rebuilds
-    np.testing.assert_allclose(rebuilt(["a heat pump"])[0], prefix(encoder.encode_documents(["a heat pump"]), SHORT)[0], atol=1e-6)
+    np.testing.assert_allclose(rebuilt(["a heat pump"])[0], truncate_dimensions(encoder.encode_documents(["a heat pump"]), SHORT)[0], atol=1e-6)
 
 
 def test_both_collections_refuse_another_embedding_space(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
@@ -164,7 +165,7 @@ def test_reindexing_completes_a_run_killed_between_the_two_collections(
     assert stored_ids(index.full) == stored_ids(index.short) == set(chunks)
     assert (report.added, report.removed, report.unchanged) == (3, 2, len(chunks) - 3)
     ids = sorted(chunks)
-    np.testing.assert_allclose(_vectors(index.short, ids), prefix(_vectors(index.full, ids), SHORT), atol=1e-6)
+    np.testing.assert_allclose(_vectors(index.short, ids), truncate_dimensions(_vectors(index.full, ids), SHORT), atol=1e-6)
 
 
 def test_cli_index_with_a_shortlist_then_ask_through_the_funnel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
