@@ -34,11 +34,11 @@ import numpy as np
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.adapt import adapt
-from mm2d_integrations.adapt_command import format_adapt_report
+from mm2d_integrations.cli.adapt import format_adapt_report
 from mm2d_integrations.evaluation.cross_depth import evaluate_depths
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import STS_METRIC, evaluate_sts
-from mm2d_integrations.loading import default_model
+from mm2d_integrations.settings import default_model
 
 STSB = Path(os.environ.get("MM2D_STSB_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"))
 MAX_ADAPT_SECONDS = 300.0
@@ -105,7 +105,7 @@ def retrieval_part(model: str, folder: Path, work: Path) -> bool:
     adapted = evaluate_depths(Matryoshka2DEncoder(out), dataset)
     full_depth = max(base.same_depth)
     full = base.same_depth[full_depth]["nDCG@10"]
-    print(f"nDCG@10 x100, % of full depth; layers " + " ".join(str(depth) for depth in sorted(base.same_depth, reverse=True)))
+    print("nDCG@10 x100, % of full depth; layers " + " ".join(str(depth) for depth in sorted(base.same_depth, reverse=True)))
     for name, scores in (
         ("plain cut, same-depth", base.same_depth), ("plain cut, cross-depth", base.cross_depth),
         ("adapted, same-depth", adapted.same_depth), ("adapted, cross-depth", adapted.cross_depth),
@@ -132,7 +132,7 @@ def head_overhead(model: str, adapted: Path, depths: tuple[int, ...] = (1, 3), r
         best = {name: (float("inf"), float("inf")) for name in encoders}
         for _ in range(repeats):  # alternated, so that load on the machine weighs on both alike
             for name, encoder in encoders.items():
-                wall, cpu, _ = _timed(1, lambda: encoder.encode_documents(texts))
+                wall, cpu, _ = _timed(1, lambda encoder=encoder: encoder.encode_documents(texts))
                 best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
         (plain_wall, plain_cpu), (head_wall, head_cpu) = best.values()
         print(f"encoding {len(texts)} texts at {depth} layers: plain cut {plain_wall:.2f} s wall / {plain_cpu:.2f} s CPU, "

@@ -27,7 +27,7 @@ from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import StsPairs, read_sts
 from mm2d_integrations.evaluation.grid import STS_METRIC, GridResult, evaluate_sts
 from mm2d_integrations.evaluation.metrics import spearman
-from mm2d_integrations.loading import default_model
+from mm2d_integrations.settings import default_model
 
 STSB = Path(os.environ.get("MM2D_STSB_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"))
 MAX_RATIO = 1.3
@@ -84,7 +84,7 @@ def check_cells(model: str, pairs: StsPairs, result: GridResult) -> float:
         rate = ""
         if width == result.native[1]:
             rate = (f"; texts/s: separate run {2 * len(pairs.scores) / seconds:.0f}, "
-                    f"in the grid's pass {result.texts / result.depth_seconds[depth]:.0f}")
+                    f"in the grid's pass {result.texts / result.layer_seconds[depth]:.0f}")
         print(f"  layers {depth} dims {width:>4}: grid {score:.4f} separate {separate:.4f} "
               f"difference {differences[-1]:.1e}{rate}")
     return max(differences)

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions  # noqa: E402
+from mm2d_integrations.documents import load_folder, split_documents  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
 from mm2d_integrations.evaluation.metrics import spearman  # noqa: E402
-from mm2d_integrations.rag.documents import load_folder, split_documents  # noqa: E402
 
 
 def model_path() -> str:
@@ -140,9 +140,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chroma-vectors", type=int, default=20_000)
     args = parser.parse_args()
-    from sentence_transformers import SentenceTransformer
-
     import torch
+    from sentence_transformers import SentenceTransformer
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     texts = mixed_corpus(args.stsb)
@@ -174,7 +173,7 @@ def main() -> None:
         args.repeats,
     )
     baseline = timings["sentence-transformers float32"][0]
-    print("\nthroughput (best of {}):".format(args.repeats))
+    print(f"\nthroughput (best of {args.repeats}):")
     for name, (wall, cpu) in timings.items():
         print(f"  {name:34s} {len(texts) / wall:7.0f} texts/s  {baseline / wall:5.2f}x  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
     print(f"  half depth against full depth: {timings['ours float32'][0] / timings['ours float32, 3 of 6 layers'][0]:.2f}x")

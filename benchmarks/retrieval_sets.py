@@ -61,7 +61,7 @@ def _words(text: str) -> set[str]:
 
 
 def build_sample(out: Path, examples: Path = REPO / "examples") -> Path:
-    from mm2d_integrations.rag.documents import load_folder, split_documents
+    from mm2d_integrations.documents import load_folder, split_documents
 
     chunks = split_documents(load_folder(examples / "internal_docs").documents)
     questions = [json.loads(line) for line in (examples / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -23,9 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, require
+from mm2d_integrations.documents import load_folder, split_documents
+from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
-from mm2d_integrations.loading import check_int_in_range
+from mm2d_integrations.validation import check_int_in_range
+
+__all__ = ["AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HELD_OUT_SHARE", "LEARNING_RATE", "LOW_RANK", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "RIDGE_PENALTIES", "adapt", "fit_head", "fit_ridge", "mean_cosine", "read_corpus"]
 
 METHODS = ("auto", "ridge", "lowrank", "mlp")
 MIN_TEXTS = 10
@@ -68,9 +71,6 @@ def read_corpus(path: str | Path) -> list[str]:
     .jsonl (title + text of each record), or any other file as one text per non-empty line."""
     path = Path(path)
     if path.is_dir():
-        require("langchain_text_splitters", "rag")
-        from mm2d_integrations.rag.documents import load_folder, split_documents
-
         texts = [chunk.text for chunk in split_documents(load_folder(path).documents)]
     elif path.is_file():
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -144,9 +144,9 @@ def adapt(
 
 def _check_out(out: Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {str(out)!r} exists and is not an empty folder; give a new folder")
+        raise ValueError(f"out {str(out)!r} exists and is not an empty folder; give a new folder")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out: folder {str(out.parent)!r} does not exist")
+        raise FileNotFoundError(f"out: folder {str(out.parent)!r} does not exist")
     return out
 
 
@@ -171,7 +171,7 @@ def _pooled_states(
     """Un-normalised pooled vectors of every depth, one pass per prompt. Texts are seen with the
     document prompt and, where the model has another, with the query prompt too (queries get it)."""
     prompts = dict.fromkeys([teacher.document_prompt, teacher.query_prompt])
-    passes = [teacher.encode_depths(texts, depths, prompt=prompt, show_progress=show_progress) for prompt in prompts]
+    passes = [teacher.encode_layerwise(texts, depths, prompt=prompt, show_progress=show_progress) for prompt in prompts]
     return {depth: torch.from_numpy(np.concatenate([vectors[depth] for vectors in passes])) for depth in depths}
 
 

@@ -1,6 +1,6 @@
 """Chroma: an embedding function, clients, and collections that refuse a second embedding space.
 
-A collection records the fingerprint of the encoder that filled it (weights, num_layers,
+A collection records the configuration of the encoder that filled it (weights, num_layers,
 dimensions, pooling, prompts ...). Opening it with another configuration fails before anything
 is written: same dimensions at another depth give vectors of the same shape but another space.
 """
@@ -8,30 +8,38 @@ is written: same dimensions at another depth give vectors of the same shape but 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, require
+import numpy as np
 
-require("chromadb", "chroma")
+from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
+from mm2d_integrations.options import EncoderOptions
+from mm2d_integrations.settings import default_model
+from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, check_collection_name
+from mm2d_integrations.validation import install_hint
 
-import chromadb  # noqa: E402
-from chromadb.api import ClientAPI  # noqa: E402
-from chromadb.api.models.Collection import Collection  # noqa: E402
-from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space  # noqa: E402
-from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
+try:
+    import chromadb
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+    from chromadb.utils.embedding_functions import register_embedding_function
+except ImportError as error:
+    raise ImportError(install_hint("chromadb", "chroma")) from error
 
-DEFAULT_PERSIST_DIR = Path(".mm2d") / "chroma"
-DEFAULT_COLLECTION = "mm2d"
+__all__ = [
+    "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit",
+    "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "chroma_client", "encoder_config", "open_collection",
+    "open_store", "stored_embedding_function",
+]
+
 FINGERPRINT_KEY = "mm2d_fingerprint"
 # What changes the vectors; the model's name is shown but the weights identify it.
 SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
-# get_config() keys -> Matryoshka2DEncoder arguments
-_CONFIG_ARGUMENTS = {
-    "num_layers": "num_layers", "dimensions": "dimensions", "pooling": "pooling", "normalize": "normalize",
-    "query_prompt": "query_prompt", "document_prompt": "document_prompt", "max_length": "max_length",
-    "batch_size": "batch_size", "device": "device", "dtype": "dtype", "revision": "revision",
-}
 
 
 class EmbeddingSpaceMismatch(ValueError):
@@ -42,22 +50,53 @@ def space_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[s
     return [key for key in SPACE_KEYS if stored.get(key) != current.get(key)]
 
 
-def describe(fingerprint: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={fingerprint.get(key)!r}" for key in ("model", *SPACE_KEYS))
+def describe(config: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={config.get(key)!r}" for key in ("model", *SPACE_KEYS))
+
+
+def encoder_config(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
+    """What rebuilds `encoder` elsewhere: its fingerprint, every restorable option, and a model
+    reference that resolves in another environment (hub id, `package:<module>`, or the folder)."""
+    return {**encoder.fingerprint, **encoder.options.to_config(), "model": encoder.source.reference}
 
 
 @register_embedding_function
 class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
-    """chromadb's embedding function protocol over a `Matryoshka2DEncoder`."""
+    """chromadb's embedding function protocol over a `Matryoshka2DEncoder`.
 
-    def __init__(self, model_name: str | None = None, *, encoder: Matryoshka2DEncoder | None = None, **options: Any) -> None:
-        if encoder is None:
-            from mm2d_integrations.loading import default_model
+    Give an `encoder` to wrap it, or a model and `EncoderOptions` (or their fields by name) to build one.
+    """
 
-            encoder = Matryoshka2DEncoder(model_name or default_model(), **options)
-        elif model_name is not None or options:
+    def __init__(
+        self,
+        model_name: str | Path | None = None,
+        options: EncoderOptions | None = None,
+        *,
+        encoder: Matryoshka2DEncoder | None = None,
+        **overrides: Any,
+    ) -> None:
+        if encoder is not None and (model_name is not None or options is not None or overrides):
             raise ValueError("pass either an encoder or the options to build one, not both")
-        self.encoder = encoder
+        self._encoder = encoder or Matryoshka2DEncoder(model_name or default_model(), options, **overrides)
+        self._stored: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def _deferred(cls, config: dict[str, Any]) -> Matryoshka2DEmbeddingFunction:
+        """A function that builds its encoder from a stored `config` when first used, and checks that
+        the model still gives the stored space. chromadb rebuilds a collection's function every time it
+        reads the collection, so building must cost nothing until vectors are asked for."""
+        function = cls.__new__(cls)
+        function._encoder, function._stored, function._lock = None, config, threading.Lock()
+        return function
+
+    @property
+    def encoder(self) -> Matryoshka2DEncoder:
+        with self._lock:
+            if self._encoder is None:
+                assert self._stored is not None
+                self._encoder = _rebuild(self._stored)
+            return self._encoder
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(self.encoder.encode_documents(list(input)))
@@ -69,33 +108,26 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
     def name() -> str:
         return "mm2d"
 
+    def is_legacy(self) -> bool:
+        return False  # chromadb's default answers by building a second function from get_config()
+
     def default_space(self) -> Space:
         return "cosine"
 
     def supported_spaces(self) -> list[Space]:
-        return ["cosine", "ip", "l2"] if self.encoder.normalize else ["cosine"]
+        normalize = self._encoder.normalize if self._encoder is not None else self.get_config().get("normalize", True)
+        return ["cosine", "ip", "l2"] if normalize else ["cosine"]
 
     def get_config(self) -> dict[str, Any]:
-        encoder = self.encoder
-        return {
-            **encoder.fingerprint,
-            "batch_size": encoder.batch_size,
-            "dtype": str(encoder.dtype).removeprefix("torch."),
-            "revision": encoder.source.revision,
-        }
+        if self._encoder is None:
+            assert self._stored is not None
+            return dict(self._stored)
+        return encoder_config(self._encoder)
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> Matryoshka2DEmbeddingFunction:
         Matryoshka2DEmbeddingFunction.validate_config(config)
-        options = {argument: config[key] for key, argument in _CONFIG_ARGUMENTS.items() if config.get(key) is not None}
-        rebuilt = Matryoshka2DEmbeddingFunction(config["model"], **options)
-        differences = space_differences(config, rebuilt.encoder.fingerprint)
-        if differences:
-            raise EmbeddingSpaceMismatch(
-                f"the model at {config['model']!r} no longer gives the stored embedding space "
-                f"(differs in {', '.join(differences)}): stored {describe(config)}; now {describe(rebuilt.encoder.fingerprint)}"
-            )
-        return rebuilt
+        return Matryoshka2DEmbeddingFunction._deferred(config)
 
     @staticmethod
     def validate_config(config: dict[str, Any]) -> None:
@@ -111,6 +143,20 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
                 f"cannot change {', '.join(differences)} of a collection's embedding function: the stored "
                 f"vectors would no longer match ({describe(old_config)} -> {describe(new_config)})"
             )
+
+
+def _rebuild(config: dict[str, Any]) -> Matryoshka2DEncoder:
+    """The encoder a stored configuration names, checked to give the stored embedding space.
+    trust_remote_code and allow_pickle are never restored: a model that needs them fails to load,
+    with a message naming the argument to pass."""
+    encoder = Matryoshka2DEncoder(config["model"], EncoderOptions.from_config(config))
+    differences = space_differences(config, encoder.fingerprint)
+    if differences:
+        raise EmbeddingSpaceMismatch(
+            f"the model at {config['model']!r} no longer gives the stored embedding space "
+            f"(differs in {', '.join(differences)}): stored {describe(config)}; now {describe(encoder.fingerprint)}"
+        )
+    return encoder
 
 
 def chroma_client(persist_dir: str | Path | None = None, host: str | None = None, port: int | None = None) -> ClientAPI:
@@ -134,10 +180,11 @@ def as_encoder(embedder: Any) -> Matryoshka2DEncoder:
 
 def open_collection(embedder: Any, name: str = DEFAULT_COLLECTION, *, client: ClientAPI | None = None) -> Collection:
     """The collection `name`, created for `embedder`'s space or checked against the one it records."""
+    check_collection_name(name)
     encoder = as_encoder(embedder)
     function = embedder if isinstance(embedder, Matryoshka2DEmbeddingFunction) else Matryoshka2DEmbeddingFunction(encoder=encoder)
     client = client or chroma_client()
-    current = encoder.fingerprint
+    current = function.get_config()
     collection = client.get_or_create_collection(
         name,
         embedding_function=function,
@@ -179,8 +226,83 @@ def open_store(
 
 
 def stored_embedding_function(name: str = DEFAULT_COLLECTION, *, client: ClientAPI) -> Matryoshka2DEmbeddingFunction:
-    """The embedding function a collection was built with, rebuilt from what it recorded."""
+    """The embedding function a collection was built with, rebuilt (and checked) from what it recorded."""
     stored = client.get_collection(name, embedding_function=None).metadata or {}
     if FINGERPRINT_KEY not in stored:
         raise EmbeddingSpaceMismatch(f"collection {name!r} was not indexed by mm2d: it records no embedding configuration")
-    return Matryoshka2DEmbeddingFunction.build_from_config(json.loads(stored[FINGERPRINT_KEY]))
+    config = json.loads(stored[FINGERPRINT_KEY])
+    Matryoshka2DEmbeddingFunction.validate_config(config)
+    return Matryoshka2DEmbeddingFunction(encoder=_rebuild(config))  # built now: a model that no longer matches fails here
+
+
+class Hit(NamedTuple):
+    id: str
+    score: float  # exact cosine of the full vectors
+    document: str
+    metadata: dict[str, Any]
+
+
+class FunnelIndex:
+    """A Chroma collection of full vectors and one of their first `shortlist_dims` components, same ids.
+
+    Fill it with `upsert` (or `rag.indexer.index_folder`, which keeps the two in sync); search it
+    with `search`. `embedder`: an encoder or one of this package's adapters; `client`: a Chroma
+    client (default: `chroma.chroma_client()`).
+    """
+
+    def __init__(self, embedder: Any, collection_name: str | None = None, *, shortlist_dims: int, client: ClientAPI | None = None) -> None:
+        self.encoder = as_encoder(embedder)
+        self.shortlist_dims = check_shortlist_dims(shortlist_dims, self.encoder.dimensions)
+        client = client or chroma_client()
+        name = collection_name or DEFAULT_COLLECTION
+        self.full = open_collection(self.encoder, name, client=client)
+        self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short_collection_name(name, shortlist_dims), client=client)
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        documents: Sequence[str],
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        vectors: np.ndarray | None = None,
+    ) -> None:
+        """Embed `documents` once (unless their full `vectors` are given); write the full vectors, then
+        their prefixes (with the ids only: documents and metadata are read from the full collection)."""
+        if vectors is None:
+            vectors = self.encoder.encode_documents(list(documents))
+        elif np.shape(vectors) != (len(ids), self.encoder.dimensions):
+            raise ValueError(f"vectors must have shape ({len(ids)}, {self.encoder.dimensions}), got {np.shape(vectors)}")
+        self.full.upsert(ids=list(ids), embeddings=vectors, documents=list(documents), metadatas=list(metadatas) if metadatas else None)
+        self.short.upsert(ids=list(ids), embeddings=truncate_dimensions(vectors, self.shortlist_dims, self.encoder.normalize))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self.full.delete(ids=list(ids))
+        self.short.delete(ids=list(ids))
+
+    def check_complete(self) -> None:
+        """A ValueError when the short collection does not hold a prefix of every full vector."""
+        full, short = self.full.count(), self.short.count()
+        if short != full:
+            raise ValueError(
+                f"collection {self.short.name!r} holds {short} shortlist vectors for the {full} vectors of "
+                f"{self.full.name!r}: index with shortlist_dims={self.shortlist_dims} first"
+            )
+
+    def search(self, query: str, k: int = 4, shortlist_factor: int = 10) -> list[Hit]:
+        """The k best documents for `query`: `k x shortlist_factor` candidates by the prefix, ranked by all."""
+        return self.search_vector(self.encoder.encode_queries([query])[0], k, shortlist_factor)
+
+    def search_vector(self, query: np.ndarray, k: int = 4, shortlist_factor: int = 10) -> list[Hit]:
+        """`search` with the query's full vector already computed."""
+        wanted = check_search(k, shortlist_factor)
+        short_query = truncate_dimensions(query[None, :], self.shortlist_dims, self.encoder.normalize)
+        candidates = self.short.query(query_embeddings=short_query, n_results=wanted, include=[])["ids"][0]
+        if not candidates:
+            return []
+        # Text and metadata for the k best only: reading records is what costs most here.
+        # get() returns records in its own order and leaves out ids deleted meanwhile.
+        vectors = self.full.get(ids=candidates, include=["embeddings"])
+        order, scores = rerank(query, np.asarray(vectors["embeddings"], np.float32), k)
+        best = [vectors["ids"][row] for row in order]
+        records = self.full.get(ids=best, include=["documents", "metadatas"])
+        found = {key: (text, metadata or {}) for key, text, metadata in zip(records["ids"], records["documents"], records["metadatas"])}
+        return [Hit(key, float(score), *found[key]) for key, score in zip(best, scores) if key in found]

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import copy
 import os
-import re
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,60 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mm2d_integrations.loading import LoadedModel, check_int_in_range, load_model
+from mm2d_integrations.loading import LoadedModel, load_model
+from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.pooling import check_pooling, pool
+from mm2d_integrations.runtime import dtype_name, resolve_device, resolve_dtype, resolve_precision
+from mm2d_integrations.source import ModelSource
+from mm2d_integrations.validation import check_int_in_range, check_texts
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The given device, or the best one this machine has (cuda, then mps, then cpu)."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-
-
-PRECISIONS = ("float32", "bf16")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products run natively (elsewhere they are emulated, and slower)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return True
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`float32` (exact) or `bf16` (autocast: bfloat16 products, float32 weights and pooling)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and not bf16_supported(device):
-        warnings.warn(f"{device} has no native bfloat16 support: precision falls back to float32", stacklevel=3)
-        return "float32"
-    return precision
+__all__ = ["Matryoshka2DEncoder", "token_budget_batches", "truncate_dimensions"]
 
 
 def token_budget_batches(lengths: Sequence[int], max_texts: int, max_tokens: int | None) -> list[list[int]]:
@@ -99,24 +51,6 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int, normalize: bool = 
     return kept
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def check_texts(texts: Any) -> list[str]:
-    """`texts` as a list of str, or a TypeError naming the offending item.
-
-    Lone surrogates, which no tokenizer accepts, become U+FFFD.
-    """
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    checked = []
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] must be str, got {type(text).__name__}")
-        checked.append(_LONE_SURROGATE.sub("\ufffd", text))
-    return checked
-
-
 # Bounded concurrency for the async methods: more threads than cores only slow each other down.
 _WORKERS = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="mm2d")
 
@@ -131,58 +65,44 @@ class Matryoshka2DEncoder:
     Texts longer than `max_length` tokens (prompt included) are truncated.
     """
 
-    def __init__(
-        self,
-        model_name_or_path: str | Path,
-        *,
-        num_layers: int | None = None,
-        dimensions: int | None = None,
-        pooling: str | None = None,
-        normalize: bool = True,
-        query_prompt: str | None = None,
-        document_prompt: str | None = None,
-        max_length: int | None = None,
-        batch_size: int = 32,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        precision: str = "float32",
-        max_batch_tokens: int | None = None,
-        revision: str | None = None,
-        trust_remote_code: bool = False,
-        allow_pickle: bool = False,
-    ) -> None:
-        self.batch_size = check_int_in_range("batch_size", batch_size, 1, 1 << 20)
+    def __init__(self, model_name_or_path: str | Path, options: EncoderOptions | None = None, /, **overrides: Any) -> None:
+        """`overrides`: any `EncoderOptions` field by name (num_layers=..., dimensions=...), over `options`."""
+        given = EncoderOptions.of(options, **overrides)
+        self.batch_size = check_int_in_range("batch_size", given.batch_size, 1, 1 << 20)
         # A token budget (default 128 tokens a text) batches short texts densely and long ones thinly:
         # measured 8% faster than a fixed count on mixed lengths (docs/performance.md).
         self.max_batch_tokens = check_int_in_range(
-            "max_batch_tokens", 128 * batch_size if max_batch_tokens is None else max_batch_tokens, 1, 1 << 40
+            "max_batch_tokens", 128 * self.batch_size if given.max_batch_tokens is None else given.max_batch_tokens, 1, 1 << 40
         )
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
-        self.precision = resolve_precision(precision, self.device)
+        self.device = resolve_device(given.device)
+        self.dtype = resolve_dtype(given.dtype)
+        self.precision = resolve_precision(given.precision, self.device)
         self._loaded: LoadedModel = load_model(
             model_name_or_path,
-            num_layers=num_layers,
+            num_layers=given.num_layers,
             device=self.device,
             dtype=self.dtype,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
+            revision=given.revision,
+            trust_remote_code=given.trust_remote_code,
+            allow_pickle=given.allow_pickle,
         )
         settings = self._loaded.settings
-        self.normalize = bool(normalize)
-        self._pooling = check_pooling(pooling or settings.pooling or "mean")
+        self.normalize = bool(given.normalize)
+        self._pooling = check_pooling(given.pooling or settings.pooling or "mean")
         self._loaded.exit_heads.check_pooling(self._pooling)
-        self.query_prompt = query_prompt if query_prompt is not None else settings.query_prompt or ""
-        self.document_prompt = document_prompt if document_prompt is not None else settings.document_prompt or ""
+        self.query_prompt = given.query_prompt if given.query_prompt is not None else settings.query_prompt or ""
+        self.document_prompt = given.document_prompt if given.document_prompt is not None else settings.document_prompt or ""
         self.max_length = (
-            check_int_in_range("max_length", max_length, 1, 1 << 20) if max_length is not None else settings.max_length
+            check_int_in_range("max_length", given.max_length, 1, 1 << 20)
+            if given.max_length is not None
+            else settings.max_length
         )
         self._dimensions = (
             self.max_dimensions
-            if dimensions is None
-            else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
+            if given.dimensions is None
+            else check_int_in_range("dimensions", given.dimensions, 1, self.max_dimensions)
         )
+        self._given = given
 
     @property
     def model_name(self) -> str:
@@ -209,24 +129,38 @@ class Matryoshka2DEncoder:
         return self._pooling
 
     @property
-    def source(self) -> Any:
-        """Where the weights came from (see `loading.ModelSource`)."""
+    def source(self) -> ModelSource:
+        """Where the weights came from."""
         return self._loaded.source
+
+    @property
+    def transformer_layers(self) -> torch.nn.ModuleList:
+        """The kept transformer layers, for hooks that watch them (timing)."""
+        return self._loaded.layers
 
     def with_dimensions(self, dimensions: int) -> Matryoshka2DEncoder:
         """This encoder keeping only its first `dimensions` components: the same loaded model and options.
 
-        A copy rather than a new encoder, so that options the constructor cannot be given again
-        (allow_pickle, trust_remote_code) carry over and nothing is loaded twice.
+        A copy rather than a new encoder: nothing is loaded or hashed again.
         """
         narrowed = copy.copy(self)
         narrowed._dimensions = check_int_in_range("dimensions", dimensions, 1, self.dimensions)
         return narrowed
 
-    def options(self) -> dict[str, Any]:
-        """The `ENCODER_OPTIONS` that rebuild this encoder (adapters take them as fields)."""
-        values = {name: getattr(self, name) for name in ENCODER_OPTIONS}
-        return {**values, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+    @property
+    def options(self) -> EncoderOptions:
+        """The options that rebuild this encoder: depth, width, pooling, prompts and max length as
+        resolved; device and precision as given, so that a rebuild elsewhere picks that machine's best."""
+        return EncoderOptions.of(
+            self._given,
+            num_layers=self.num_layers,
+            dimensions=self.dimensions,
+            pooling=self.pooling,
+            query_prompt=self.query_prompt,
+            document_prompt=self.document_prompt,
+            max_length=self.max_length,
+            dtype=dtype_name(self.dtype),
+        )
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -260,28 +194,28 @@ class Matryoshka2DEncoder:
         return await _off_loop(self.encode_queries, texts)
 
     def encode(self, texts: Sequence[str], *, prompt: str = "", show_progress: bool = False) -> np.ndarray:
-        vectors = self.encode_depths(texts, [self.num_layers], prompt=prompt, show_progress=show_progress)
+        vectors = self.encode_layerwise(texts, [self.num_layers], prompt=prompt, show_progress=show_progress)
         return truncate_dimensions(vectors[self.num_layers], self.dimensions, self.normalize)
 
-    def encode_depths(
-        self, texts: Sequence[str], depths: Iterable[int], *, prompt: str = "", show_progress: bool = False
+    def encode_layerwise(
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool = False
     ) -> dict[int, np.ndarray]:
-        """Vectors at several depths from one forward pass: {depth: (n, max_dimensions) array}.
+        """Vectors at several `num_layers` from one forward pass: {num_layers: (n, max_dimensions) array}.
 
-        Each equals what an encoder cut to that depth gives; vectors keep every dimension
+        Each equals what an encoder cut to that many layers gives; vectors keep every dimension
         (normalised when `normalize`), so any `truncate_dimensions` of them is exact too.
         """
         checked = check_texts(texts)
-        wanted = sorted({check_int_in_range("depth", depth, 1, self.num_layers) for depth in depths})
+        wanted = sorted({check_int_in_range("num_layers", kept, 1, self.num_layers) for kept in num_layers})
         if not wanted:
-            raise ValueError(f"depths must name at least one depth in [1, {self.num_layers}]")
-        results = {depth: np.empty((len(checked), self.max_dimensions), np.float32) for depth in wanted}
+            raise ValueError(f"num_layers must name at least one value in [1, {self.num_layers}]")
+        results = {kept: np.empty((len(checked), self.max_dimensions), np.float32) for kept in wanted}
         token_ids = self._token_ids([prompt + text for text in checked])
         batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
             pooled = self._forward([token_ids[index] for index in batch], wanted)
-            for depth, vectors in pooled.items():
-                results[depth][batch] = truncate_dimensions(vectors, self.max_dimensions, self.normalize)
+            for kept, vectors in pooled.items():
+                results[kept][batch] = truncate_dimensions(vectors, self.max_dimensions, self.normalize)
         return results
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -307,23 +241,23 @@ class Matryoshka2DEncoder:
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     @torch.inference_mode()
-    def _forward(self, token_ids: list[list[int]], depths: list[int]) -> dict[int, np.ndarray]:
+    def _forward(self, token_ids: list[list[int]], num_layers: list[int]) -> dict[int, np.ndarray]:
         input_ids, attention_mask = self._pad(token_ids)
         with self._autocast():
             output = self._loaded.model(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=depths != [self.num_layers]
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=num_layers != [self.num_layers]
             )
         final_norm = self._loaded.final_norm
         pooled = {}
-        for depth in depths:
-            if depth == self.num_layers:
+        for kept in num_layers:
+            if kept == self.num_layers:
                 hidden = output.last_hidden_state
             else:
-                hidden = output.hidden_states[depth]
+                hidden = output.hidden_states[kept]
                 hidden = final_norm(hidden) if final_norm is not None else hidden
             vectors = pool(hidden.float(), attention_mask, self.pooling)
-            vectors = self._loaded.exit_heads.apply(depth, vectors)  # none at full depth
-            pooled[depth] = vectors.cpu().numpy()
+            vectors = self._loaded.exit_heads.apply(kept, vectors)  # none at full depth
+            pooled[kept] = vectors.cpu().numpy()
         return pooled
 
     def __repr__(self) -> str:
@@ -331,27 +265,3 @@ class Matryoshka2DEncoder:
             f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}, "
             f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
         )
-
-
-# The encoder's options that adapters expose under the same names.
-ENCODER_OPTIONS = (
-    "num_layers", "dimensions", "pooling", "normalize", "query_prompt", "document_prompt",
-    "max_length", "batch_size", "device", "dtype", "precision",
-)
-
-
-def encoder_from_fields(model_name: str, fields: Any, model_kwargs: dict[str, Any] | None = None) -> Matryoshka2DEncoder:
-    """An encoder configured from an adapter's same-named fields (those it has), plus `model_kwargs`."""
-    options = {name: getattr(fields, name) for name in ENCODER_OPTIONS if hasattr(fields, name)}
-    overlap = set(options) & set(model_kwargs or {})
-    if overlap:
-        raise ValueError(f"set {', '.join(sorted(overlap))} as fields, not in model_kwargs")
-    return Matryoshka2DEncoder(model_name, **options, **(model_kwargs or {}))
-
-
-def require(module: str, extra: str) -> None:
-    """Fail early with the install command when an optional dependency is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"{module} is not installed; run: pip install 'mm2d-integrations[{extra}]'")

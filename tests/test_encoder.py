@@ -128,7 +128,7 @@ def test_unsupported_architecture_is_named(tmp_path: Path, minilm_path: Path) ->
 def test_several_depths_in_one_pass_equal_separate_runs(minilm_path: Path, sts_sentences: list[str]) -> None:
     texts = sts_sentences[:60]
     full = Matryoshka2DEncoder(minilm_path)
-    by_depth = full.encode_depths(texts, [1, 3, 6])
+    by_depth = full.encode_layerwise(texts, [1, 3, 6])
     for depth in (1, 3, 6):
         for dimensions in (384, 64):
             separate = Matryoshka2DEncoder(minilm_path, num_layers=depth, dimensions=dimensions).encode_documents(texts)
@@ -139,7 +139,7 @@ def test_several_depths_in_one_pass_equal_separate_runs(minilm_path: Path, sts_s
 def test_several_depths_in_one_pass_on_other_architectures(tmp_path: Path, minilm_path: Path, architecture: str) -> None:
     build_tiny_model(tmp_path, architecture, minilm_path, pooling="cls")
     full = Matryoshka2DEncoder(tmp_path)
-    by_depth = full.encode_depths(TEXTS, range(1, full.max_layers + 1))
+    by_depth = full.encode_layerwise(TEXTS, range(1, full.max_layers + 1))
     for depth, vectors in by_depth.items():
         np.testing.assert_allclose(vectors, Matryoshka2DEncoder(tmp_path, num_layers=depth).encode_documents(TEXTS), atol=1e-5)
 
@@ -247,9 +247,9 @@ def test_bf16_precision_stays_close_to_float32(minilm_path: Path, sts_sentences:
 
 
 def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mm2d_integrations.encoder as encoder_module
+    import mm2d_integrations.runtime as runtime_module
 
-    monkeypatch.setattr(encoder_module, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(runtime_module, "bf16_supported", lambda device: False)
     with pytest.warns(UserWarning, match="no native bfloat16 support: precision falls back to float32"):
         encoder = Matryoshka2DEncoder(minilm_path, precision="bf16")
     assert encoder.precision == "float32"

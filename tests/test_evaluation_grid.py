@@ -8,8 +8,9 @@ from scipy.stats import spearmanr
 
 from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.evaluation.datasets import StsPairs, read_beir
-from mm2d_integrations.evaluation.grid import RETRIEVAL_METRICS, evaluate_retrieval, evaluate_sts, grid_axes
-from mm2d_integrations.evaluation.timing import DepthClock
+from mm2d_integrations.evaluation.grid import evaluate_retrieval, evaluate_sts, grid_axes
+from mm2d_integrations.evaluation.ranking import RETRIEVAL_METRICS
+from mm2d_integrations.evaluation.timing import LayerClock
 from tests.test_evaluation_datasets import write_sts_retrieval_set
 from tests.tiny_models import build_tiny_model
 
@@ -101,10 +102,10 @@ def test_retrieval_grid_equals_separately_cut_runs(minilm_path: Path, tmp_path: 
 
 def test_depth_clock_accounts_each_depth_and_leaves_no_hooks(encoder: Matryoshka2DEncoder, sts_dev: StsPairs) -> None:
     layers = encoder._loaded.model.encoder.layer
-    encoder.encode_depths(["transformers adds hooks of its own on the first pass"], [1, 6])
+    encoder.encode_layerwise(["transformers adds hooks of its own on the first pass"], [1, 6])
     hooks = [(dict(layer._forward_hooks), dict(layer._forward_pre_hooks)) for layer in layers]
-    with DepthClock(encoder) as clock:
-        encoder.encode_depths(sts_dev.first[:70], [1, 6])
+    with LayerClock(encoder) as clock:
+        encoder.encode_layerwise(sts_dev.first[:70], [1, 6])
     at_depth = [clock.seconds_at(depth) for depth in range(1, 7)]
     assert 0 < at_depth[0] and at_depth == sorted(at_depth) and at_depth[-1] == clock.seconds
     assert [(dict(layer._forward_hooks), dict(layer._forward_pre_hooks)) for layer in layers] == hooks

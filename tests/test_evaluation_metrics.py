@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mm2d_integrations.evaluation.grid import top_k
 from mm2d_integrations.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
+from mm2d_integrations.evaluation.ranking import top_k
 
 # One query with graded judgments: d5 (3) is never retrieved, d9 is judged not relevant (0).
 RANKED = ["d3", "d1", "d7", "d2", "d9"]

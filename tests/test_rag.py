@@ -15,7 +15,7 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.chroma import chroma_client, open_collection
 from mm2d_integrations.cli import main
-from mm2d_integrations.rag.documents import html_to_text, load_folder, split_documents
+from mm2d_integrations.documents import html_to_text, load_folder, split_documents
 from mm2d_integrations.rag.generators import NOTHING_RELEVANT, ExtractiveAnswerer, TransformersGenerator
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask, index

@@ -22,8 +22,8 @@ import torch
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.chroma import chroma_client
+from mm2d_integrations.documents import load_folder, split_documents
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
-from mm2d_integrations.rag.documents import load_folder, split_documents
 from mm2d_integrations.rag.indexer import stored_ids
 from tests.test_langchain import MINILM
 from tests.tiny_models import build_tiny_model

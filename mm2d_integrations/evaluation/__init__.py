@@ -1,1 +1,3 @@
 """Measure the depth x dimensions trade-off on your own data."""
+
+__all__ = []

@@ -14,7 +14,10 @@ import numpy as np
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import BeirSet
-from mm2d_integrations.evaluation.grid import _retrieval_scores, grid_axes
+from mm2d_integrations.evaluation.grid import grid_axes
+from mm2d_integrations.evaluation.ranking import retrieval_scores
+
+__all__ = ["DepthScores", "evaluate_depths"]
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,13 @@ def evaluate_depths(
     """Every metric of `evaluate_retrieval`, same-depth and cross-depth, for each depth (default all)."""
     depths, _ = grid_axes(encoder, layers, [encoder.max_dimensions])
     full = encoder.num_layers
-    documents = encoder.encode_depths(
+    documents = encoder.encode_layerwise(
         dataset.documents, {*depths, full}, prompt=encoder.document_prompt, show_progress=show_progress
     )
-    queries = encoder.encode_depths(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
+    queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
     position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
     own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
     return DepthScores(
-        same_depth={depth: _retrieval_scores(queries[depth], documents[depth], dataset, own) for depth in depths},
-        cross_depth={depth: _retrieval_scores(queries[depth], documents[full], dataset, own) for depth in depths},
+        same_depth={depth: retrieval_scores(queries[depth], documents[depth], dataset, own) for depth in depths},
+        cross_depth={depth: retrieval_scores(queries[depth], documents[full], dataset, own) for depth in depths},
     )

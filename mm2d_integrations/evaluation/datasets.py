@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+__all__ = ["BEIR_LAYOUT", "BeirSet", "StsPairs", "read_beir", "read_sts"]
+
 
 @dataclass(frozen=True)
 class StsPairs:

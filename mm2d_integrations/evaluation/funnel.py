@@ -15,9 +15,11 @@ import numpy as np
 
 from mm2d_integrations.encoder import truncate_dimensions
 from mm2d_integrations.evaluation.datasets import BeirSet
-from mm2d_integrations.evaluation.grid import top_k
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
+from mm2d_integrations.evaluation.ranking import top_k
 from mm2d_integrations.funnel import Funnel, rerank
+
+__all__ = ["FUNNEL_K", "FunnelResult", "evaluate_funnel"]
 
 FUNNEL_K = 10  # the funnel serves nDCG@10, the primary metric
 FLOAT32_BYTES = 4
@@ -50,7 +52,7 @@ def evaluate_funnel(
     queries: np.ndarray, documents: np.ndarray, dataset: BeirSet, own: np.ndarray, funnel: Funnel, layers: int, dimensions: int
 ) -> FunnelResult:
     """`queries` and `documents`: one depth's vectors, at least `dimensions` wide; `own[i]` is the
-    document never retrieved for query i (see `grid.top_k`). Each query is searched both ways in turn,
+    document never retrieved for query i (see `ranking.top_k`). Each query is searched both ways in turn,
     so that other load on the machine weighs on both timings alike."""
     full_queries, full_documents = truncate_dimensions(queries, dimensions), truncate_dimensions(documents, dimensions)
     short_queries = truncate_dimensions(queries, funnel.shortlist_dims)

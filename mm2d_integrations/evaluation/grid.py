@@ -1,6 +1,6 @@
 """The depth x dimensions grid from one forward pass per text.
 
-Every requested depth comes out of the same pass (`encode_depths`) and every width is a slice of
+Every requested depth comes out of the same pass (`encode_layerwise`) and every width is a slice of
 it, so the whole grid costs about what its deepest row alone costs, and each cell equals what an
 encoder cut to that depth and width gives.
 """
@@ -8,32 +8,24 @@ encoder cut to that depth and width gives.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
-from mm2d_integrations.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
-from mm2d_integrations.evaluation.timing import DepthClock
-from mm2d_integrations.loading import check_int_in_range
+from mm2d_integrations.evaluation.funnel import FunnelResult, evaluate_funnel
+from mm2d_integrations.evaluation.metrics import spearman
+from mm2d_integrations.evaluation.ranking import RETRIEVAL_METRICS, retrieval_scores
+from mm2d_integrations.evaluation.timing import LayerClock
+from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.validation import check_int_in_range
 
-if TYPE_CHECKING:
-    from mm2d_integrations.evaluation.funnel import FunnelResult
-    from mm2d_integrations.funnel import Funnel
+__all__ = ["STS_METRIC", "Cell", "GridResult", "evaluate_retrieval", "evaluate_sts", "grid_axes"]
 
 Cell = tuple[int, int]  # (layers, dimensions)
-QueryMetric = Callable[[Sequence[str], Mapping[str, int], int], float]
-
 STS_METRIC = "cosine Spearman"
-RETRIEVAL_METRICS: dict[str, tuple[QueryMetric, int]] = {
-    "nDCG@10": (ndcg_at_k, 10),
-    "Recall@100": (recall_at_k, 100),
-    "MRR@10": (mrr_at_k, 10),
-}
-_SCORES_AT_ONCE = 1 << 24  # query x document scores held in memory while ranking
 
 
 @dataclass(frozen=True)
@@ -46,7 +38,7 @@ class GridResult:
     native: Cell  # the checkpoint's full depth and width
     texts: int  # texts encoded in the pass
     encode_seconds: float  # the pass, every depth at once
-    depth_seconds: dict[int, float]  # depth -> seconds an encoder cut there needs for the texts (DepthClock)
+    layer_seconds: dict[int, float]  # num_layers -> seconds an encoder cut there needs for the texts (LayerClock)
     seconds: float  # encoding and scoring; loading the model excluded
     funnels: list[FunnelResult] = field(default_factory=list)  # retrieval only: each funnel at each depth
 
@@ -108,8 +100,8 @@ def evaluate_sts(
     position = {text: index for index, text in enumerate(texts)}
     first = np.array([position[text] for text in pairs.first])
     second = np.array([position[text] for text in pairs.second])
-    with DepthClock(encoder) as clock:
-        vectors = encoder.encode_depths(texts, depths, prompt=encoder.document_prompt, show_progress=show_progress)
+    with LayerClock(encoder) as clock:
+        vectors = encoder.encode_layerwise(texts, depths, prompt=encoder.document_prompt, show_progress=show_progress)
     scores: dict[Cell, float] = {}
     for depth in depths:
         for width in widths:
@@ -129,17 +121,15 @@ def evaluate_retrieval(
 ) -> GridResult:
     """nDCG@10, Recall@100 and MRR@10 x100 of every cell, ranking the whole corpus by exact cosine;
     and each funnel at each depth, re-ranking by the widest width evaluated (see `evaluation.funnel`)."""
-    from mm2d_integrations.evaluation.funnel import evaluate_funnel  # it builds on this module
-
     started = time.perf_counter()
     depths, widths = grid_axes(encoder, layers, dimensions)
     funnels = [funnel.check(widths[0]) for funnel in funnels]
     texts = len(dataset.documents) + len(dataset.queries)
-    with DepthClock(encoder) as clock:
-        documents = encoder.encode_depths(
+    with LayerClock(encoder) as clock:
+        documents = encoder.encode_layerwise(
             dataset.documents, depths, prompt=encoder.document_prompt, show_progress=show_progress
         )
-        queries = encoder.encode_depths(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
+        queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
     position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
     own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
     scores: dict[str, dict[Cell, float]] = {name: {} for name in RETRIEVAL_METRICS}
@@ -147,7 +137,7 @@ def evaluate_retrieval(
         for width in widths:
             kept_queries = truncate_dimensions(queries[depth], width)
             kept_documents = truncate_dimensions(documents[depth], width)
-            for name, score in _retrieval_scores(kept_queries, kept_documents, dataset, own).items():
+            for name, score in retrieval_scores(kept_queries, kept_documents, dataset, own).items():
                 scores[name][depth, width] = score
     measured = [
         evaluate_funnel(queries[depth], documents[depth], dataset, own, funnel, depth, widths[0])
@@ -157,45 +147,13 @@ def evaluate_retrieval(
     return _result(encoder, "retrieval", scores, depths, texts, clock, started, measured)
 
 
-def _retrieval_scores(
-    queries: np.ndarray, documents: np.ndarray, dataset: BeirSet, own: np.ndarray
-) -> dict[str, float]:
-    """Every retrieval metric x100, averaged over the queries."""
-    top = top_k(queries, documents, max(cutoff for _, cutoff in RETRIEVAL_METRICS.values()), own)
-    rankings = [[dataset.corpus_ids[index] for index in row if index != skip] for row, skip in zip(top, own)]
-    judgments = [dataset.qrels[query_id] for query_id in dataset.query_ids]
-    return {
-        name: 100 * float(np.mean([metric(ranked, qrels, cutoff) for ranked, qrels in zip(rankings, judgments)]))
-        for name, (metric, cutoff) in RETRIEVAL_METRICS.items()
-    }
-
-
-def top_k(queries: np.ndarray, documents: np.ndarray, k: int, own: np.ndarray) -> np.ndarray:
-    """Indices of each query's k best documents by dot product, best first.
-
-    `own[i]` is the index of the document with query i's id (or -1): BEIR never retrieves it, as in
-    sets whose queries are also documents it is a trivial match.
-    """
-    k = min(k, len(documents))
-    rows = max(1, _SCORES_AT_ONCE // max(len(documents), 1))
-    ranked = np.empty((len(queries), k), np.int64)
-    for start in range(0, len(queries), rows):
-        scores = queries[start : start + rows] @ documents.T
-        skip = own[start : start + rows]
-        scores[np.flatnonzero(skip >= 0), skip[skip >= 0]] = -np.inf
-        best = np.argpartition(scores, -k, axis=1)[:, -k:]
-        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-        ranked[start : start + rows] = np.take_along_axis(best, order, axis=1)
-    return ranked
-
-
 def _result(
     encoder: Matryoshka2DEncoder,
     task: str,
     scores: dict[str, dict[Cell, float]],
     depths: list[int],
     texts: int,
-    clock: DepthClock,
+    clock: LayerClock,
     started: float,
     funnels: list[FunnelResult] | None = None,
 ) -> GridResult:
@@ -206,7 +164,7 @@ def _result(
         native=(encoder.max_layers, encoder.max_dimensions),
         texts=texts,
         encode_seconds=clock.seconds,
-        depth_seconds={depth: clock.seconds_at(depth) for depth in depths},
+        layer_seconds={depth: clock.seconds_at(depth) for depth in depths},
         seconds=time.perf_counter() - started,
         funnels=funnels or [],
     )

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+__all__ = ["mrr_at_k", "ndcg_at_k", "recall_at_k", "spearman"]
+
 
 def spearman(predicted: np.ndarray, gold: Sequence[float]) -> float:
     """Spearman rank correlation of predicted similarities with gold scores."""

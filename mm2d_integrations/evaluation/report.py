@@ -10,6 +10,8 @@ import numpy as np
 
 from mm2d_integrations.evaluation.grid import GridResult
 
+__all__ = ["change", "format_report", "save_heatmap", "to_json"]
+
 
 def change(result: GridResult, metric: str, layers: int, dimensions: int) -> float:
     """The cell's change in % against the reference cell (NaN when the reference scores 0)."""
@@ -36,7 +38,7 @@ def format_report(result: GridResult) -> str:
         ]
         lines += _table(result, metric)
     lines += ["", "encoding throughput per depth*", f"{'layers':>6}  texts/s"]
-    lines += [f"{depth:>6}  {_rate(result.texts, result.depth_seconds[depth]):>7}" for depth in result.layers]
+    lines += [f"{depth:>6}  {_rate(result.texts, result.layer_seconds[depth]):>7}" for depth in result.layers]
     lines.append("* of an encoder cut to that depth, measured in the pass: its time less the time in deeper layers")
     if result.funnels:
         lines += ["", *_funnel_table(result)]
@@ -56,7 +58,7 @@ def _funnel_table(result: GridResult) -> list[str]:
         milliseconds = f"{1000 * funnel.seconds_per_query:.3f} ({1000 * funnel.exact_seconds_per_query:.3f})"
         searched = f"{funnel.searched_bytes} ({funnel.exact_searched_bytes})"
         lines.append(
-            f"{funnel.layers:>6}  {str(funnel.funnel):>8}  {funnel.dimensions:>5}  {ndcg:>18}  {funnel.recall:>18.2f}  "
+            f"{funnel.layers:>6}  {funnel.funnel!s:>8}  {funnel.dimensions:>5}  {ndcg:>18}  {funnel.recall:>18.2f}  "
             f"{milliseconds:>15}  {searched:>21}"
         )
     lines.append("recall@10 vs exact: the share of single-stage search's top 10 in the funnel's; ms/query: median, query vector given")

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.loading import layer_list
+
+__all__ = ["LayerClock"]
 
 
-class DepthClock:
+class LayerClock:
     """Times a pass of `encoder` and each of its layers.
 
     An encoder cut to depth d does all the pass does except the layers after d (tokenising,
@@ -21,8 +22,7 @@ class DepthClock:
     """
 
     def __init__(self, encoder: Matryoshka2DEncoder) -> None:
-        loaded = encoder._loaded  # the encoder keeps its layer stack private; timing needs its layers
-        self._layers = layer_list(loaded.model, loaded.stack)
+        self._layers = encoder.transformer_layers
         self._device = encoder.device
         self._marks: list[float] = []  # this batch: before layer 1, then after each layer
         self._deeper = [0.0] * (len(self._layers) + 1)  # [d]: seconds spent in the layers after d
@@ -30,11 +30,11 @@ class DepthClock:
         self._started = 0.0
         self.seconds = 0.0
 
-    def seconds_at(self, depth: int) -> float:
-        """Seconds an encoder cut to `depth` would have needed for the timed pass."""
-        return self.seconds - self._deeper[depth]
+    def seconds_at(self, num_layers: int) -> float:
+        """Seconds an encoder cut to `num_layers` would have needed for the timed pass."""
+        return self.seconds - self._deeper[num_layers]
 
-    def __enter__(self) -> DepthClock:
+    def __enter__(self) -> LayerClock:
         self._hooks = [self._layers[0].register_forward_pre_hook(self._first_layer_starts)]
         self._hooks += [layer.register_forward_hook(self._layer_ends) for layer in self._layers]
         self._started = time.perf_counter()

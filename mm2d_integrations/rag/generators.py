@@ -13,11 +13,14 @@ import numpy as np
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 
+__all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "TransformersGenerator", "format_context", "sentences_of", "unique_sources"]
+
 SYSTEM_PROMPT = (
     "You answer questions about the company's internal documents. Use only the context below. "
     "Cite the sources you used in square brackets. If the context does not answer the question, say so."
 )
 QUESTION_PROMPT = "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
+EXTRACTIVE = "extractive"  # the name of the offline generator, `ExtractiveAnswerer`
 NOTHING_RELEVANT = "Nothing relevant to this question was found in the indexed documents."
 
 
@@ -120,7 +123,7 @@ class TransformersGenerator:
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from mm2d_integrations.encoder import resolve_device
+        from mm2d_integrations.runtime import resolve_device
 
         location = str(model_name_or_path)
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)

@@ -8,7 +8,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mm2d_integrations.rag.documents import CHUNK_OVERLAP, CHUNK_SIZE, load_folder, split_documents
+from mm2d_integrations.chroma import FunnelIndex
+from mm2d_integrations.documents import CHUNK_OVERLAP, CHUNK_SIZE, load_folder, split_documents
+
+__all__ = ["BATCH", "IndexReport", "held_ids", "index_folder", "stored_ids"]
 
 BATCH = 64
 
@@ -42,8 +45,6 @@ def stored_ids(collection: Any, page: int = 5000) -> set[str]:
 def held_ids(collection: Any) -> tuple[set[str], set[str]]:
     """(ids every collection holds, ids any holds): a run killed between the writes of a
     `FunnelIndex`'s two collections leaves ids in one only, to be written again or deleted."""
-    from mm2d_integrations.funnel import FunnelIndex
-
     parts = (collection.full, collection.short) if isinstance(collection, FunnelIndex) else (collection,)
     held = [stored_ids(part) for part in parts]
     return set.intersection(*held), set.union(*held)

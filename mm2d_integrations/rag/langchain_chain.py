@@ -19,6 +19,8 @@ from mm2d_integrations.rag.generators import (
     unique_sources,
 )
 
+__all__ = ["PROMPT", "build_rag_chain", "to_passages"]
+
 PROMPT = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", QUESTION_PROMPT)])
 
 

@@ -13,6 +13,8 @@ from llama_index.core.schema import NodeWithScore
 
 from mm2d_integrations.rag.generators import QUESTION_PROMPT, SYSTEM_PROMPT, Answer, Generator, Passage, unique_sources
 
+__all__ = ["GeneratorQueryEngine", "QA_TEMPLATE", "build_query_engine", "to_answer", "to_passages"]
+
 QA_TEMPLATE = PromptTemplate(
     SYSTEM_PROMPT + "\n\n" + QUESTION_PROMPT.replace("{context}", "{context_str}").replace("{question}", "{query_str}")
 )

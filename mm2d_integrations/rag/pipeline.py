@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mm2d_integrations.chroma import (
     DEFAULT_COLLECTION,
+    FunnelIndex,
     chroma_client,
     open_collection,
     stored_embedding_function,
 )
 from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.funnel import Funnel, FunnelIndex
-from mm2d_integrations.loading import default_model
-from mm2d_integrations.rag.generators import Answer, ExtractiveAnswerer, Generator, TransformersGenerator
+from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.options import EncoderOptions
+from mm2d_integrations.rag import FRAMEWORKS, Framework
+from mm2d_integrations.rag.generators import EXTRACTIVE, Answer, ExtractiveAnswerer, Generator, TransformersGenerator
 from mm2d_integrations.rag.indexer import IndexReport, index_folder
+from mm2d_integrations.settings import default_model
 
-Framework = Literal["langchain", "llamaindex"]
-FRAMEWORKS: tuple[Framework, ...] = ("langchain", "llamaindex")
-EXTRACTIVE = "extractive"
+__all__ = ["Store", "ask", "index", "make_generator"]
 
 
 @dataclass
@@ -32,29 +33,32 @@ class Store:
     host: str | None = None
     port: int | None = None
     model: str | None = None
-    encoder_options: dict[str, Any] = field(default_factory=dict)
-    """Further `Matryoshka2DEncoder` arguments: num_layers, dimensions, batch_size, device, dtype ..."""
+    options: EncoderOptions = field(default_factory=EncoderOptions)
+    """How the model is cut and run (num_layers, dimensions, batch_size, device ...)."""
+    encoder: Matryoshka2DEncoder | None = None
+    """An encoder to use as it is, instead of one built from `model` and `options`."""
     shortlist_dims: int | None = None
     """When set, `index` also keeps the vectors' first `shortlist_dims` components, for funnel retrieval."""
 
     def client(self) -> Any:
         return chroma_client(self.persist_dir, self.host, self.port)
 
-    def new_encoder(self) -> Matryoshka2DEncoder:
-        return Matryoshka2DEncoder(self.model or default_model(), **self.encoder_options)
-
-    def encoder(self, client: Any) -> Matryoshka2DEncoder:
-        """The encoder asked for; when no model, depth or dimensions are named, the collection's own."""
-        named = self.model is not None or any(self.encoder_options.get(key) is not None for key in ("num_layers", "dimensions"))
-        if not named and self.collection in {collection.name for collection in client.list_collections()}:
+    def encoder_for(self, client: Any, *, indexing: bool = False) -> Matryoshka2DEncoder:
+        """The given encoder, else the one `model` and `options` describe; when asking and none of model,
+        num_layers or dimensions is named, the one the collection was indexed with."""
+        if self.encoder is not None:
+            return self.encoder
+        named = self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
+        if not indexing and not named and self.collection in {collection.name for collection in client.list_collections()}:
             return stored_embedding_function(self.collection, client=client).encoder
-        return self.new_encoder()
+        return Matryoshka2DEncoder(self.model or default_model(), self.options)
 
 
 def index(folder: str | Path, store: Store, *, show_progress: bool = False) -> IndexReport:
     """Make the store's collection (and its shortlist collection) hold exactly the chunks of `folder`
     (see `index_folder`)."""
-    encoder, client = store.new_encoder(), store.client()
+    client = store.client()
+    encoder = store.encoder_for(client, indexing=True)
     if store.shortlist_dims is None:
         target = open_collection(encoder, store.collection, client=client)
     else:
@@ -86,7 +90,7 @@ def ask(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     client = store.client()
-    encoder = store.encoder(client)
+    encoder = store.encoder_for(client)
     chosen = make_generator(generator, encoder) if isinstance(generator, str) else generator
     if funnel is not None:
         funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client)
@@ -99,7 +103,8 @@ def ask(
         return build_rag_chain(vector_store.as_retriever(search_kwargs={"k": k}), chosen).invoke(question)
     from llama_index.core import VectorStoreIndex
 
-    from mm2d_integrations.llama_index import Matryoshka2DEmbedding, chroma_vector_store as llama_store
+    from mm2d_integrations.llama_index import Matryoshka2DEmbedding
+    from mm2d_integrations.llama_index import chroma_vector_store as llama_store
     from mm2d_integrations.rag.llama_index_engine import build_query_engine, to_answer
 
     embedding = Matryoshka2DEmbedding.from_encoder(encoder)

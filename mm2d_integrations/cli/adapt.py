@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from mm2d_integrations.adapt import EPOCHS, MAX_TEXTS, METHODS, AdaptReport, adapt, read_corpus
-from mm2d_integrations.loading import default_model
+from mm2d_integrations.cli.options import add_encoder_options
+from mm2d_integrations.settings import default_model
+
+__all__ = ["add_adapt_command", "format_adapt_report"]
 
 
 def add_adapt_command(commands: argparse._SubParsersAction) -> None:
@@ -14,7 +17,6 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "adapt", help="make a model truncatable in depth: learn exit heads on unlabeled text (no labels, CPU)"
     )
-    parser.add_argument("--model", default=None, help="hub id or folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--corpus", type=Path, required=True, help="a folder of documents, a .jsonl (BEIR corpus) or a file of one text a line")
     parser.add_argument("--out", type=Path, required=True, help="new folder for the adapted model (base files copied unchanged, plus the heads)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths that get a head (default: every depth below full)")
@@ -23,8 +25,7 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs of the lowrank and mlp heads (default {EPOCHS})")
     parser.add_argument("--mlp-hidden", type=int, default=None, help="hidden width of the mlp head (default 4 x the model's width)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    add_encoder_options(parser, only=("batch_size", "device"))
     parser.set_defaults(run=_run)
 
 
@@ -33,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     report = adapt(
         args.model or default_model(), texts, args.out, layers=args.layers, method=args.method,
         max_texts=args.max_texts, epochs=args.epochs, mlp_hidden=args.mlp_hidden, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, show_progress=True,
+        batch_size=args.batch_size or 32, device=args.device, show_progress=True,
     )
     print(format_adapt_report(report))
     return 0

@@ -6,18 +6,27 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mm2d_integrations.cli import add_model_options
+from mm2d_integrations.cli.options import add_encoder_options, options_from
+from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.rag import FRAMEWORKS
+from mm2d_integrations.rag.generators import EXTRACTIVE, Answer
+from mm2d_integrations.settings import default_model
+from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR
 
-SAMPLE_FOLDER = Path(__file__).resolve().parents[2] / "examples"
+if TYPE_CHECKING:
+    from mm2d_integrations.rag.pipeline import Store
+
+__all__ = ["add_rag_commands"]
+
+SAMPLE_FOLDER = Path(__file__).resolve().parents[2] / "examples"  # becomes package data (issue 12)
 DEMO_QUESTIONS = 4
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
-    from mm2d_integrations.chroma import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR
-
-    add_model_options(parser)
+    add_encoder_options(parser)
     parser.add_argument("--collection", default=DEFAULT_COLLECTION, help=f"Chroma collection (default {DEFAULT_COLLECTION})")
     parser.add_argument("--persist-dir", default=None, help=f"embedded Chroma folder (default {DEFAULT_PERSIST_DIR})")
     parser.add_argument("--chroma-host", default=None, help="a Chroma server (chroma run) instead of the folder")
@@ -25,8 +34,6 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_answer_options(parser: argparse.ArgumentParser) -> None:
-    from mm2d_integrations.rag.pipeline import EXTRACTIVE, FRAMEWORKS
-
     parser.add_argument("--framework", choices=FRAMEWORKS, default="langchain")
     parser.add_argument("--generator", default=EXTRACTIVE, help="extractive (offline, default) or a transformers model id or folder")
     parser.add_argument("-k", type=int, default=3, help="chunks to retrieve (default 3)")
@@ -37,18 +44,17 @@ def _add_answer_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _store(args: argparse.Namespace, **overrides: Any) -> Any:
-    from mm2d_integrations.rag.pipeline import Store
+def _store(args: argparse.Namespace, **overrides: Any) -> Store:
+    from mm2d_integrations.rag.pipeline import Store  # the chroma and rag extras: only these commands need them
 
-    options = {"num_layers": args.layers, "dimensions": args.dims, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype}
     values = dict(
         collection=args.collection, persist_dir=args.persist_dir, host=args.chroma_host, port=args.chroma_port,
-        model=args.model, encoder_options=options,
+        model=args.model, options=options_from(args),
     )
     return Store(**{**values, **overrides})
 
 
-def _print_answer(answer: Any) -> None:
+def _print_answer(answer: Answer) -> None:
     print(answer.text)
     print("sources:" if answer.sources else "sources: none")
     for source in answer.sources:
@@ -62,9 +68,7 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _funnel(args: argparse.Namespace) -> Any:
-    from mm2d_integrations.funnel import Funnel
-
+def _funnel(args: argparse.Namespace) -> Funnel | None:
     return Funnel.parse(args.funnel) if args.funnel else None
 
 
@@ -77,7 +81,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Index the sample corpus and answer a few sample questions, offline."""
+    """Index the sample corpus and answer a few sample questions, offline, with one loaded model."""
     from mm2d_integrations.rag.pipeline import ask, index
 
     folder = SAMPLE_FOLDER / "internal_docs"
@@ -86,7 +90,8 @@ def _demo(args: argparse.Namespace) -> int:
     questions = [json.loads(line) for line in (SAMPLE_FOLDER / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     funnel = _funnel(args)
     with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
-        store = _store(args, persist_dir=args.persist_dir or scratch, shortlist_dims=funnel and funnel.shortlist_dims)
+        encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))
+        store = _store(args, persist_dir=args.persist_dir or scratch, shortlist_dims=funnel and funnel.shortlist_dims, encoder=encoder)
         print(f"indexing {folder} ...\n{index(folder, store, show_progress=True)}\n")
         for question in questions[:: max(1, len(questions) // DEMO_QUESTIONS)][:DEMO_QUESTIONS]:
             print(f"Q: {question['question']}")

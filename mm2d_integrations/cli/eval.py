@@ -9,11 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mm2d_integrations.cli import add_model_options, encoder_from
+from mm2d_integrations.cli.options import add_encoder_options, options_from
+from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import GridResult, evaluate_retrieval, evaluate_sts
 from mm2d_integrations.evaluation.report import format_report, save_heatmap, to_json
 from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.settings import default_model
+
+__all__ = ["add_eval_command"]
 
 
 class Task(NamedTuple):
@@ -38,14 +42,14 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     for name, task in TASKS.items():
         parser = tasks.add_parser(name, help=f"on a {task.data}")
         parser.add_argument("data", metavar=task.metavar, type=Path, help=task.data)
-        add_model_options(parser, several=True)
+        add_encoder_options(parser, several=True)
         parser.add_argument("--json", type=Path, default=None, help="also write the grid here as JSON")
         parser.add_argument("--plot", type=Path, default=None, help="also draw the grid here as a heatmap (.png)")
         if name == "retrieval":
             parser.add_argument(
                 "--funnel", action="append", default=[], metavar="DIMSxFACTOR",
                 help="also measure funnel retrieval: shortlist 10 x FACTOR by the first DIMS dimensions, re-rank by "
-                "the widest --dims (e.g. 64x10; repeatable)",
+                "the widest --dimensions (e.g. 64x10; repeatable)",
             )
         parser.set_defaults(run=_run)
 
@@ -55,9 +59,10 @@ def _run(args: argparse.Namespace) -> int:
     _check_before_encoding(args)
     funnels = [Funnel.parse(text) for text in getattr(args, "funnel", [])]
     data = task.read(args.data)  # before loading the model, so that a bad file fails at once
-    encoder = encoder_from(args, num_layers=max(args.layers) if args.layers else None, dimensions=None)
-    options = {"funnels": funnels} if funnels else {}
-    result = task.evaluate(encoder, data, args.layers, args.dims, show_progress=True, **options)
+    options = options_from(args, num_layers=max(args.num_layers) if args.num_layers else None, dimensions=None)
+    encoder = Matryoshka2DEncoder(args.model or default_model(), options)
+    extra = {"funnels": funnels} if funnels else {}
+    result = task.evaluate(encoder, data, args.num_layers, args.dimensions, show_progress=True, **extra)
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")

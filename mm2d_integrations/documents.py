@@ -1,4 +1,4 @@
-"""Read a folder of documents into text, split it into chunks with stable ids."""
+"""Read a folder of documents into text, split it into chunks with stable ids (for indexing and adapting)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+
+from mm2d_integrations.validation import install_hint
+
+__all__ = ["CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "LoadedFolder", "SourceDocument", "chunk_id", "html_to_text", "load_folder", "split_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +172,10 @@ def split_documents(
     documents: list[SourceDocument], *, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP
 ) -> list[Chunk]:
     """Chunks of about `chunk_size` characters, split at paragraphs, then lines, then words."""
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    try:
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+    except ImportError as error:  # an optional dependency: only splitting needs it
+        raise ImportError(install_hint("langchain_text_splitters", "rag")) from error
 
     splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     return [

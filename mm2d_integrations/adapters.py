@@ -1,0 +1,70 @@
+"""What both framework adapters share: one pydantic field per encoder option (derived from
+`EncoderOptions`), and how an adapter gets its encoder: built from those fields, or the very
+encoder that `from_encoder` was given.
+
+pydantic is a dependency of both frameworks, not of the core: only the adapters import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationInfo, create_model
+
+from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.options import EncoderOptions, option_specs
+
+__all__ = ["build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
+
+_ENCODER = "mm2d_encoder"  # the validation context key that carries a given encoder
+
+
+def encoder_fields_model(name: str, *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A pydantic model with a field per encoder option: same name, type, default and description."""
+    fields: dict[str, Any] = {
+        spec.name: (spec.annotation, Field(default=spec.default, description=spec.help))
+        for spec in option_specs()
+        if spec.name not in exclude
+    }
+    return create_model(name, **fields)
+
+
+def path_to_str(value: Any) -> Any:
+    """Folders may be given as `Path`; adapters keep them as str (serialisable)."""
+    return str(value) if isinstance(value, os.PathLike) else value
+
+
+def wrapping(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
+    """The validation context under which an adapter holds `encoder` instead of building one."""
+    return {_ENCODER: encoder}
+
+
+def from_encoder_fields(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
+    """An adapter's field values that describe `encoder` (shown in repr and serialised configs)."""
+    return {"model_name": encoder.model_name, **encoder.options.as_dict()}
+
+
+def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> Matryoshka2DEncoder:
+    """The encoder of an adapter being validated: the one it wraps, or one built from its option
+    fields, `renamed` options (fields the framework names otherwise) and `model_kwargs`.
+
+    `model_kwargs` (LangChain's name for constructor arguments) are folded into the fields and emptied,
+    so that the adapter's fields alone describe its encoder and a copy rebuilds the same one.
+    """
+    given = (info.context or {}).get(_ENCODER)
+    if given is None:
+        options = {name: getattr(adapter, name) for name in EncoderOptions.names() if name in type(adapter).model_fields}
+        extra = dict(adapter.model_kwargs)
+        unknown = sorted(set(extra) - set(EncoderOptions.names()))
+        if unknown:
+            raise ValueError(f"model_kwargs has unknown option(s) {', '.join(unknown)}; valid: {', '.join(EncoderOptions.names())}")
+        twice = sorted(set(extra) & (adapter.model_fields_set | set(renamed)))
+        if twice:
+            raise ValueError(f"{', '.join(twice)} given both as field(s) and in model_kwargs; give each once")
+        given = Matryoshka2DEncoder(adapter.model_name, **{**options, **renamed, **extra})
+    adapter.model_kwargs = {}
+    for name, value in given.options.as_dict().items():
+        if name in type(adapter).model_fields:
+            setattr(adapter, name, value)
+    return given

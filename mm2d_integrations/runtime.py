@@ -1,0 +1,64 @@
+"""Where and how the model runs: device, weight dtype and compute precision."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = ["DTYPES", "PRECISIONS", "bf16_supported", "dtype_name", "resolve_device", "resolve_dtype", "resolve_precision"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+PRECISIONS = ("float32", "bf16")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, or the best one this machine has (cuda, then mps, then cpu)."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float32` -> `float32`: how options and configs spell a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively (elsewhere they are emulated, and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`float32` (exact) or `bf16` (autocast: bfloat16 products, float32 weights and pooling)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and not bf16_supported(device):
+        warnings.warn(f"{device} has no native bfloat16 support: precision falls back to float32", stacklevel=3)
+        return "float32"
+    return precision

@@ -1,0 +1,38 @@
+"""Checks shared by every layer: ints in range, lists of texts, and the hint for a missing extra."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["check_int_in_range", "check_texts", "install_hint"]
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_int_in_range(name: str, value: Any, low: int, high: int) -> int:
+    """`value` as an int in [low, high], or a ValueError naming the valid range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_texts(texts: Any) -> list[str]:
+    """`texts` as a list of str, or a TypeError naming the offending item.
+
+    Lone surrogates, which no tokenizer accepts, become U+FFFD.
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    checked = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] must be str, got {type(text).__name__}")
+        checked.append(_LONE_SURROGATE.sub("\ufffd", text))
+    return checked
+
+
+def install_hint(module: str, extra: str) -> str:
+    """The message of an ImportError for an optional dependency: what is missing and how to install it."""
+    return f"{module} is not installed; run: pip install 'mm2d-integrations[{extra}]'"
