@@ -19,7 +19,7 @@ from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.settings import default_model
-from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, check_collection_name
+from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex, StoreUnavailable, check_collection_name
 from mm2d_integrations.validation import install_hint
 
 try:
@@ -32,13 +32,15 @@ except ImportError as error:
     raise ImportError(install_hint("chromadb", "chroma")) from error
 
 __all__ = [
-    "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit",
-    "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "chroma_client", "encoder_config", "open_collection",
+    "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit", "MissingIndex", "StoreUnavailable",
+    "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "chroma_client", "encoder_config", "has_collection", "open_collection",
     "open_store", "stored_embedding_function",
 ]
 
 FINGERPRINT_KEY = "mm2d_fingerprint"
 # What changes the vectors; the model's name is shown but the weights identify it.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_DAMAGED = "it may be damaged: move it aside and index again"
 SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
 
 
@@ -159,15 +161,44 @@ def _rebuild(config: dict[str, Any]) -> Matryoshka2DEncoder:
     return encoder
 
 
-def chroma_client(persist_dir: str | Path | None = None, host: str | None = None, port: int | None = None) -> ClientAPI:
-    """An embedded client persisting in `persist_dir` (default .mm2d/chroma), or a server's by host and port."""
+def chroma_client(
+    persist_dir: str | Path | None = None, host: str | None = None, port: int | None = None, *, create: bool = True
+) -> ClientAPI:
+    """An embedded client persisting in `persist_dir` (default .mm2d/chroma), or a server's by host and port.
+
+    With `create=False` a folder that does not exist is a `MissingIndex` and is not made. A folder
+    Chroma cannot read, or a server that does not answer, is a `StoreUnavailable`.
+    """
     if host is not None or port is not None:
         if persist_dir is not None:
             raise ValueError("give either persist_dir (embedded Chroma) or host/port (a Chroma server), not both")
-        return chromadb.HttpClient(host=host or "localhost", port=port or 8000)
+        try:
+            return chromadb.HttpClient(host=host or "localhost", port=port or 8000)
+        except ValueError as error:  # chromadb's word for a refused connection
+            raise StoreUnavailable(f"no Chroma server answers at {host or 'localhost'}:{port or 8000} ({error})") from error
     path = Path(persist_dir or DEFAULT_PERSIST_DIR)
+    if not create and not path.is_dir():
+        raise MissingIndex(f"no index at {path}")
+    database = path / "chroma.sqlite3"
+    if not _readable_database(database):  # checked first: chromadb keeps a failed folder's state for the process
+        raise StoreUnavailable(f"Chroma folder {path} cannot be opened ({database.name} is not an SQLite database); {_DAMAGED}")
     path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path))  # default settings: the same folder may be opened by plain chromadb
+    try:
+        return chromadb.PersistentClient(path=str(path))  # default settings: plain chromadb may open the same folder
+    except (chromadb.errors.ChromaError, ValueError) as error:
+        raise StoreUnavailable(f"Chroma folder {path} cannot be opened ({error}); {_DAMAGED}") from error
+
+
+def _readable_database(database: Path) -> bool:
+    """False only for a file that is there and is not SQLite (an empty or absent one is a new store)."""
+    if not database.is_file() or not database.stat().st_size:
+        return True
+    with database.open("rb") as handle:
+        return handle.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+
+
+def has_collection(client: ClientAPI, name: str) -> bool:
+    return name in {collection.name for collection in client.list_collections()}
 
 
 def as_encoder(embedder: Any) -> Matryoshka2DEncoder:
@@ -178,12 +209,17 @@ def as_encoder(embedder: Any) -> Matryoshka2DEncoder:
     return encoder
 
 
-def open_collection(embedder: Any, name: str = DEFAULT_COLLECTION, *, client: ClientAPI | None = None) -> Collection:
-    """The collection `name`, created for `embedder`'s space or checked against the one it records."""
+def open_collection(
+    embedder: Any, name: str = DEFAULT_COLLECTION, *, client: ClientAPI | None = None, create: bool = True
+) -> Collection:
+    """The collection `name`, created for `embedder`'s space or checked against the one it records.
+    With `create=False` a collection that does not exist is a `MissingIndex`."""
     check_collection_name(name)
+    client = client or chroma_client()
+    if not create and not has_collection(client, name):
+        raise MissingIndex(f"collection {name!r} does not exist")
     encoder = as_encoder(embedder)
     function = embedder if isinstance(embedder, Matryoshka2DEmbeddingFunction) else Matryoshka2DEmbeddingFunction(encoder=encoder)
-    client = client or chroma_client()
     current = function.get_config()
     collection = client.get_or_create_collection(
         name,
@@ -250,13 +286,25 @@ class FunnelIndex:
     client (default: `chroma.chroma_client()`).
     """
 
-    def __init__(self, embedder: Any, collection_name: str | None = None, *, shortlist_dims: int, client: ClientAPI | None = None) -> None:
+    def __init__(
+        self,
+        embedder: Any,
+        collection_name: str | None = None,
+        *,
+        shortlist_dims: int,
+        client: ClientAPI | None = None,
+        create: bool = True,
+    ) -> None:
+        """`create=False`: both collections must exist (to search), else `MissingIndex`."""
         self.encoder = as_encoder(embedder)
         self.shortlist_dims = check_shortlist_dims(shortlist_dims, self.encoder.dimensions)
         client = client or chroma_client()
         name = collection_name or DEFAULT_COLLECTION
-        self.full = open_collection(self.encoder, name, client=client)
-        self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short_collection_name(name, shortlist_dims), client=client)
+        short = short_collection_name(name, shortlist_dims)
+        if not create and has_collection(client, name) and not has_collection(client, short):
+            raise MissingIndex(f"collection {name!r} has no shortlist collection {short!r}: index with shortlist_dims={shortlist_dims} first")
+        self.full = open_collection(self.encoder, name, client=client, create=create)
+        self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short, client=client, create=create)
 
     def upsert(
         self,

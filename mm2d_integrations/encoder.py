@@ -85,9 +85,11 @@ class Matryoshka2DEncoder:
             revision=given.revision,
             trust_remote_code=given.trust_remote_code,
             allow_pickle=given.allow_pickle,
+            show_progress=given.show_progress,
         )
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
+        self.show_progress = bool(given.show_progress)
         self._pooling = check_pooling(given.pooling or settings.pooling or "mean")
         self._loaded.exit_heads.check_pooling(self._pooling)
         self.query_prompt = given.query_prompt if given.query_prompt is not None else settings.query_prompt or ""
@@ -177,11 +179,11 @@ class Matryoshka2DEncoder:
             "max_length": self.max_length,
         }
 
-    def encode_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+    def encode_documents(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Document vectors, shape (n, dimensions), float32, in input order."""
         return self.encode(texts, prompt=self.document_prompt, show_progress=show_progress)
 
-    def encode_queries(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+    def encode_queries(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Query vectors (the query prompt prepended), shape (n, dimensions), float32."""
         return self.encode(texts, prompt=self.query_prompt, show_progress=show_progress)
 
@@ -193,18 +195,20 @@ class Matryoshka2DEncoder:
         """`encode_queries` on a worker thread, so the event loop keeps running."""
         return await _off_loop(self.encode_queries, texts)
 
-    def encode(self, texts: Sequence[str], *, prompt: str = "", show_progress: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, prompt: str = "", show_progress: bool | None = None) -> np.ndarray:
         vectors = self.encode_layerwise(texts, [self.num_layers], prompt=prompt, show_progress=show_progress)
         return truncate_dimensions(vectors[self.num_layers], self.dimensions, self.normalize)
 
     def encode_layerwise(
-        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool = False
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool | None = None
     ) -> dict[int, np.ndarray]:
         """Vectors at several `num_layers` from one forward pass: {num_layers: (n, max_dimensions) array}.
 
         Each equals what an encoder cut to that many layers gives; vectors keep every dimension
         (normalised when `normalize`), so any `truncate_dimensions` of them is exact too.
+        `show_progress` (default: the encoder's option) shows a bar over the batches.
         """
+        show_progress = self.show_progress if show_progress is None else show_progress
         checked = check_texts(texts)
         wanted = sorted({check_int_in_range("num_layers", kept, 1, self.num_layers) for kept in num_layers})
         if not wanted:

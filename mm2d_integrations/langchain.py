@@ -32,7 +32,6 @@ class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model, alias="model")
-    show_progress: bool = False
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Encoder options by name, as LangChain's HuggingFaceEmbeddings takes them (each also a field)."""
 
@@ -53,7 +52,7 @@ class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):
         return self._encoder
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._encoder.encode_documents(texts, show_progress=self.show_progress).tolist()
+        return self._encoder.encode_documents(texts).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         return self._encoder.encode_queries([text])[0].tolist()

@@ -110,14 +110,16 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    show_progress: bool = False,
 ) -> LoadedModel:
-    """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`."""
+    """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`;
+    transformers' loading progress bar only with `show_progress`."""
     source = ModelSource(name_or_path, revision)
     key = (source.location, revision, num_layers, str(device), dtype, trust_remote_code, allow_pickle)
     with _cache_lock:
         loaded = _cache.get(key)
         if loaded is None:
-            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle)
+            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress)
             _cache[key] = loaded
             if num_layers is None:
                 _cache[(*key[:2], loaded.num_layers, *key[3:])] = loaded
@@ -131,6 +133,7 @@ def _load(
     dtype: torch.dtype,
     trust_remote_code: bool,
     allow_pickle: bool,
+    show_progress: bool,
 ) -> LoadedModel:
     raw_config = source.json("config.json")
     if raw_config is None:
@@ -148,8 +151,10 @@ def _load(
     setattr(config, stack.count_attribute, kept)
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:kept]
-    verbosity = transformers.logging.get_verbosity()
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # the dropped layers' weights are 'unused' on purpose
+    if not show_progress:
+        transformers.logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(
             source.location,
@@ -163,6 +168,8 @@ def _load(
         raise FileNotFoundError(f"could not load the weights of model {source.name!r}: {error}") from error
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
     if len(layer_list(model, stack)) != kept:
         raise RuntimeError(f"model {source.name!r} loaded with the wrong number of layers")
     tokenizer = AutoTokenizer.from_pretrained(source.location, revision=source.revision, trust_remote_code=trust_remote_code)

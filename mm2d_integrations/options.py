@@ -45,6 +45,9 @@ class EncoderOptions:
     revision: str | None = _option(None, "hub revision (branch, tag or commit) of a hub id")
     trust_remote_code: bool = _option(False, "run the checkpoint's own Python code (auto_map)", restored=False)
     allow_pickle: bool = _option(False, "load pickle weights (*.bin), which can run code", restored=False)
+    show_progress: bool = _option(
+        False, "show progress bars: loading the model, and encoding many texts", aliases=("--verbose",), restored=False
+    )
 
     def __post_init__(self) -> None:
         # torch.device and torch.dtype are accepted and kept as their names, so options stay plain data.
@@ -69,7 +72,8 @@ class EncoderOptions:
         return dataclasses.asdict(self)
 
     def to_config(self) -> dict[str, Any]:
-        """The options a stored configuration keeps: every one but those that let files run code."""
+        """The options a stored configuration keeps: every one but those that let files run code
+        (and progress bars, which are the caller's choice, not the collection's)."""
         return {spec.name: getattr(self, spec.name) for spec in option_specs() if spec.restored}
 
     @classmethod

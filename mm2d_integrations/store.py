@@ -8,12 +8,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "check_collection_name"]
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "IndexBusy", "MissingIndex", "StoreUnavailable", "check_collection_name"]
 
 DEFAULT_PERSIST_DIR = Path(".mm2d") / "chroma"
 DEFAULT_COLLECTION = "mm2d"
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+
+class MissingIndex(FileNotFoundError):
+    """A store or collection that was asked for, to be read, does not exist (nothing is created)."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The Chroma folder cannot be opened, or no Chroma server answers."""
+
+
+class IndexBusy(BlockingIOError):
+    """Another process is writing to the same store: writes are never interleaved."""
 
 
 def check_collection_name(name: Any) -> str:

@@ -170,7 +170,7 @@ def test_indexing_survives_kill_9(tmp_path: Path) -> None:
     for copy in range(2):
         shutil.copytree(EXAMPLES / "internal_docs", folder / f"copy{copy}")
     persist = tmp_path / "chroma"
-    command = [sys.executable, "-m", "mm2d_integrations.cli", "index", str(folder), "--persist-dir", str(persist), "--model", MINILM]
+    command = [sys.executable, "-m", "mm2d_integrations.cli", "index", str(folder), "--persist-dir", str(persist), "--model", MINILM, "--verbose"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = b""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mm2d_integrations.adapt import EPOCHS, MAX_TEXTS, METHODS, AdaptReport, adapt, read_corpus
-from mm2d_integrations.cli.options import add_encoder_options
+from mm2d_integrations.cli.options import add_encoder_options, progress
 from mm2d_integrations.settings import default_model
 
 __all__ = ["add_adapt_command", "format_adapt_report"]
@@ -25,7 +25,7 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs of the lowrank and mlp heads (default {EPOCHS})")
     parser.add_argument("--mlp-hidden", type=int, default=None, help="hidden width of the mlp head (default 4 x the model's width)")
     parser.add_argument("--seed", type=int, default=0)
-    add_encoder_options(parser, only=("batch_size", "device"))
+    add_encoder_options(parser, only=("batch_size", "device", "show_progress"))
     parser.set_defaults(run=_run)
 
 
@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     report = adapt(
         args.model or default_model(), texts, args.out, layers=args.layers, method=args.method,
         max_texts=args.max_texts, epochs=args.epochs, mlp_hidden=args.mlp_hidden, seed=args.seed,
-        batch_size=args.batch_size or 32, device=args.device, show_progress=True,
+        batch_size=args.batch_size or 32, device=args.device, show_progress=progress(args),
     )
     print(format_adapt_report(report))
     return 0

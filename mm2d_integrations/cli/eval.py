@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mm2d_integrations.cli.options import add_encoder_options, options_from
+from mm2d_integrations.cli.options import add_encoder_options, options_from, progress
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import GridResult, evaluate_retrieval, evaluate_sts
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     options = options_from(args, num_layers=max(args.num_layers) if args.num_layers else None, dimensions=None)
     encoder = Matryoshka2DEncoder(args.model or default_model(), options)
     extra = {"funnels": funnels} if funnels else {}
-    result = task.evaluate(encoder, data, args.num_layers, args.dimensions, show_progress=True, **extra)
+    result = task.evaluate(encoder, data, args.num_layers, args.dimensions, show_progress=progress(args), **extra)
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")

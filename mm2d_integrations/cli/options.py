@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Collection
 
 from mm2d_integrations.options import EncoderOptions, option_specs
 
-__all__ = ["add_encoder_options", "options_from"]
+__all__ = ["add_encoder_options", "options_from", "progress"]
 
 LIST_VALUED = ("num_layers", "dimensions")
 
@@ -37,3 +38,9 @@ def options_from(args: argparse.Namespace, **overrides: object) -> EncoderOption
     """The options given on the command line (the others keep their defaults), then `overrides`."""
     given = {spec.name: getattr(args, spec.name) for spec in option_specs() if getattr(args, spec.name, None) is not None}
     return EncoderOptions.of(**{**given, **overrides})
+
+
+def progress(args: argparse.Namespace) -> bool:
+    """Bars over long work (indexing, encoding a data set): as `--verbose`/`--no-verbose` say, else on a
+    terminal only. Model loading shows its bar only on `--verbose`."""
+    return args.show_progress if args.show_progress is not None else sys.stderr.isatty()

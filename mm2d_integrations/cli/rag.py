@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mm2d_integrations.cli.options import add_encoder_options, options_from
+from mm2d_integrations.cli.options import add_encoder_options, options_from, progress
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.rag import FRAMEWORKS
 from mm2d_integrations.rag.generators import EXTRACTIVE, Answer
 from mm2d_integrations.settings import default_model
-from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR
+from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex
 
 if TYPE_CHECKING:
     from mm2d_integrations.rag.pipeline import Store
@@ -64,7 +64,7 @@ def _print_answer(answer: Answer) -> None:
 def _index(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import index
 
-    print(index(args.folder, _store(args, shortlist_dims=args.shortlist_dims), show_progress=True))
+    print(index(args.folder, _store(args, shortlist_dims=args.shortlist_dims), show_progress=progress(args)))
     return 0
 
 
@@ -75,7 +75,12 @@ def _funnel(args: argparse.Namespace) -> Funnel | None:
 def _ask(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask
 
-    answer = ask(args.question, _store(args), framework=args.framework, generator=args.generator, k=args.k, funnel=_funnel(args))
+    funnel = _funnel(args)
+    try:
+        answer = ask(args.question, _store(args), framework=args.framework, generator=args.generator, k=args.k, funnel=funnel)
+    except MissingIndex as error:
+        shortlist = f" --shortlist-dims {funnel.shortlist_dims}" if funnel else ""
+        raise MissingIndex(f"{error}: run mm2d index DIR{shortlist} first") from None
     _print_answer(answer)
     return 0
 
@@ -92,7 +97,7 @@ def _demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
         encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))
         store = _store(args, persist_dir=args.persist_dir or scratch, shortlist_dims=funnel and funnel.shortlist_dims, encoder=encoder)
-        print(f"indexing {folder} ...\n{index(folder, store, show_progress=True)}\n")
+        print(f"indexing {folder} ...\n{index(folder, store, show_progress=progress(args))}\n")
         for question in questions[:: max(1, len(questions) // DEMO_QUESTIONS)][:DEMO_QUESTIONS]:
             print(f"Q: {question['question']}")
             _print_answer(ask(question["question"], store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel))

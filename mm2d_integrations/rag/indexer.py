@@ -9,7 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mm2d_integrations.chroma import FunnelIndex
-from mm2d_integrations.documents import CHUNK_OVERLAP, CHUNK_SIZE, load_folder, split_documents
+from mm2d_integrations.documents import CHUNK_OVERLAP, CHUNK_SIZE, LoadedFolder, load_folder, split_documents
 
 __all__ = ["BATCH", "IndexReport", "held_ids", "index_folder", "stored_ids"]
 
@@ -51,7 +51,7 @@ def held_ids(collection: Any) -> tuple[set[str], set[str]]:
 
 
 def index_folder(
-    folder: str | Path,
+    folder: str | Path | LoadedFolder,
     collection: Any,
     *,
     chunk_size: int = CHUNK_SIZE,
@@ -65,7 +65,7 @@ def index_folder(
     New chunks are written before stale ones are deleted, and ids are derived from content, so an
     interrupted run leaves no duplicates and the next run completes it.
     """
-    loaded = load_folder(folder)
+    loaded = folder if isinstance(folder, LoadedFolder) else load_folder(folder)
     chunks = split_documents(loaded.documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     complete, existing = held_ids(collection)
     wanted = {chunk.id for chunk in chunks}

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mm2d_integrations.chroma import (
-    DEFAULT_COLLECTION,
-    FunnelIndex,
-    chroma_client,
-    open_collection,
-    stored_embedding_function,
-)
+from filelock import FileLock, Timeout
+
+from mm2d_integrations.chroma import FunnelIndex, chroma_client, has_collection, open_collection, stored_embedding_function
+from mm2d_integrations.documents import LoadedFolder, load_folder
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.options import EncoderOptions
@@ -20,6 +18,7 @@ from mm2d_integrations.rag import FRAMEWORKS, Framework
 from mm2d_integrations.rag.generators import EXTRACTIVE, Answer, ExtractiveAnswerer, Generator, TransformersGenerator
 from mm2d_integrations.rag.indexer import IndexReport, index_folder
 from mm2d_integrations.settings import default_model
+from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, IndexBusy, MissingIndex, check_collection_name
 
 __all__ = ["Store", "ask", "index", "make_generator"]
 
@@ -40,8 +39,42 @@ class Store:
     shortlist_dims: int | None = None
     """When set, `index` also keeps the vectors' first `shortlist_dims` components, for funnel retrieval."""
 
+    def __post_init__(self) -> None:
+        check_collection_name(self.collection)  # before any model loads
+
+    @property
+    def is_server(self) -> bool:
+        return self.host is not None or self.port is not None
+
+    @property
+    def location(self) -> str:
+        if self.is_server:
+            return f"the Chroma server at {self.host or 'localhost'}:{self.port or 8000}"
+        return str(Path(self.persist_dir or DEFAULT_PERSIST_DIR))
+
     def client(self) -> Any:
         return chroma_client(self.persist_dir, self.host, self.port)
+
+    def existing_client(self) -> Any:
+        """A client of a store that holds the collection; a `MissingIndex` (and nothing created) otherwise."""
+        missing = MissingIndex(f"no index at {self.location} (collection {self.collection!r})")
+        try:
+            client = chroma_client(self.persist_dir, self.host, self.port, create=False)
+        except MissingIndex:
+            raise missing from None
+        if not has_collection(client, self.collection):
+            raise missing
+        return client
+
+    def writer_lock(self) -> FileLock:
+        """Held while indexing, so that two runs never interleave their writes: a file in the Chroma
+        folder, or for a server a file in this machine's temporary folder (it guards this machine's runs)."""
+        if self.is_server:
+            path = Path(tempfile.gettempdir()) / f"mm2d-index-{self.host or 'localhost'}-{self.port or 8000}.lock"
+        else:
+            path = Path(self.persist_dir or DEFAULT_PERSIST_DIR) / "mm2d-index.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path, timeout=0)
 
     def encoder_for(self, client: Any, *, indexing: bool = False) -> Matryoshka2DEncoder:
         """The given encoder, else the one `model` and `options` describe; when asking and none of model,
@@ -49,21 +82,31 @@ class Store:
         if self.encoder is not None:
             return self.encoder
         named = self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
-        if not indexing and not named and self.collection in {collection.name for collection in client.list_collections()}:
+        if not indexing and not named and has_collection(client, self.collection):
             return stored_embedding_function(self.collection, client=client).encoder
         return Matryoshka2DEncoder(self.model or default_model(), self.options)
 
 
-def index(folder: str | Path, store: Store, *, show_progress: bool = False) -> IndexReport:
+def index(folder: str | Path | LoadedFolder, store: Store, *, show_progress: bool = False) -> IndexReport:
     """Make the store's collection (and its shortlist collection) hold exactly the chunks of `folder`
-    (see `index_folder`)."""
-    client = store.client()
-    encoder = store.encoder_for(client, indexing=True)
-    if store.shortlist_dims is None:
-        target = open_collection(encoder, store.collection, client=client)
-    else:
-        target = FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
-    return index_folder(folder, target, show_progress=show_progress)
+    (see `index_folder`). The folder is read before any model loads; a second run on the same store
+    while one is writing is an `IndexBusy`."""
+    loaded = folder if isinstance(folder, LoadedFolder) else load_folder(folder)
+    lock = store.writer_lock()
+    try:
+        lock.acquire()
+    except Timeout:
+        raise IndexBusy(f"another indexing run is writing to {store.location} (lock {lock.lock_file}); let it finish") from None
+    try:
+        client = store.client()
+        encoder = store.encoder_for(client, indexing=True)
+        if store.shortlist_dims is None:
+            target = open_collection(encoder, store.collection, client=client)
+        else:
+            target = FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
+        return index_folder(loaded, target, show_progress=show_progress)
+    finally:
+        lock.release()
 
 
 def make_generator(name: str, encoder: Matryoshka2DEncoder) -> Generator:
@@ -89,11 +132,11 @@ def ask(
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
-    client = store.client()
+    client = store.existing_client()
     encoder = store.encoder_for(client)
     chosen = make_generator(generator, encoder) if isinstance(generator, str) else generator
     if funnel is not None:
-        funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client)
+        funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False)
         return _ask_funnel(question, funnel_index, framework, chosen, k, funnel.shortlist_factor)
     if framework == "langchain":
         from mm2d_integrations.langchain import Matryoshka2DEmbeddings, chroma_vector_store
