@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.runtime import resolve_device
 
 __all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "TransformersGenerator", "format_context", "sentences_of", "unique_sources"]
 
@@ -122,8 +123,6 @@ class TransformersGenerator:
         generation_kwargs: dict[str, Any] | None = None,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-        from mm2d_integrations.runtime import resolve_device
 
         location = str(model_name_or_path)
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
