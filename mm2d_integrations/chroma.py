@@ -302,7 +302,7 @@ class FunnelIndex:
         name = collection_name or DEFAULT_COLLECTION
         short = short_collection_name(name, shortlist_dims)
         if not create and has_collection(client, name) and not has_collection(client, short):
-            raise MissingIndex(f"collection {name!r} has no shortlist collection {short!r}: index with shortlist_dims={shortlist_dims} first")
+            raise MissingIndex(f"collection {name!r} has no shortlist collection {short!r} (made by indexing with shortlist_dims={shortlist_dims})")
         self.full = open_collection(self.encoder, name, client=client, create=create)
         self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short, client=client, create=create)
 

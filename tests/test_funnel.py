@@ -189,7 +189,7 @@ def test_cli_index_with_a_shortlist_then_ask_through_the_funnel(tmp_path: Path, 
         answer, sources = capsys.readouterr().out.split("sources:")
         assert answer.strip() and "  policies/remote_work_policy.html" in sources
     for funnel, message in [
-        ("32x10", "holds 0 shortlist vectors for the"),
+        ("32x10", "collection 'mm2d' has no shortlist collection 'mm2d-short32' (made by indexing with shortlist_dims=32): run mm2d index DIR --shortlist-dims 32 first\n"),
         ("64", "a funnel is SHORTLIST_DIMSxFACTOR, for example 64x10, got '64'"),
         ("384x10", r"shortlist_dims must be an int in [1, 383], got 384"),
     ]:

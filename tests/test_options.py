@@ -126,4 +126,4 @@ def test_options_are_plain_data() -> None:
     options = EncoderOptions(device=torch.device("cpu"), dtype=torch.bfloat16)  # type: ignore[arg-type]
     assert (options.device, options.dtype) == ("cpu", "bfloat16")
     assert dataclasses.asdict(options) == options.as_dict()
-    assert set(options.to_config()) == set(EncoderOptions.names()) - {"trust_remote_code", "allow_pickle"}
+    assert set(options.to_config()) == set(EncoderOptions.names()) - {"trust_remote_code", "allow_pickle", "show_progress"}

@@ -22,7 +22,12 @@ class _Parser(argparse.ArgumentParser):
     """Errors in one line (what is wrong, and where help is), exit status 2 as argparse's own."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        choices = [
+            f"{action.dest}: one of {', '.join(action.choices)}"
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction) and action.dest in message
+        ]
+        self.exit(2, f"{self.prog}: error: {message} ({'; '.join([*choices, f'see {self.prog} --help'])})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
