@@ -74,8 +74,8 @@ def test_a_shortlist_as_large_as_the_corpus_is_exact_search(vectors, own_first: 
 
 
 @pytest.fixture(scope="module")
-def beir_folder(tmp_path_factory: pytest.TempPathFactory, sts_dev: StsPairs) -> Path:
-    return write_sts_retrieval_set(tmp_path_factory.mktemp("beir"), sts_dev, 60)
+def beir_folder(tmp_path_factory: pytest.TempPathFactory, graded_pairs: StsPairs) -> Path:
+    return write_sts_retrieval_set(tmp_path_factory.mktemp("beir"), graded_pairs, 60)
 
 
 def test_cli_reports_each_funnel_and_writes_it_as_a_results_row(
