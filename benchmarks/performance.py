@@ -46,7 +46,7 @@ def model_path() -> str:
 
 def mixed_corpus(stsb: Path) -> list[str]:
     """Chunks of the sample documents (long) and STS sentences (short): realistic mixed lengths."""
-    chunks = [chunk.text for chunk in split_documents(load_folder(REPO / "examples" / "internal_docs").documents)]
+    chunks = [chunk.text for chunk in split_documents(load_folder(REPO / "mm2d_integrations" / "samples" / "internal_docs").documents)]
     pairs = read_sts(stsb / "sts-dev.csv")
     sentences = list(dict.fromkeys(pairs.first + pairs.second))[:1500]
     return chunks * 4 + sentences
