@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+__all__ = ["SAMPLE_DOCS", "SAMPLE_QUESTIONS", "load_questions"]
+
 SAMPLE_DOCS = Path(__file__).parent / "internal_docs"
 SAMPLE_QUESTIONS = Path(__file__).parent / "questions.jsonl"
 
