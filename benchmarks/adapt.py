@@ -13,7 +13,8 @@ cut, alternated, best of 3).
 
 Usage: HF_HUB_OFFLINE=1 python benchmarks/adapt.py [--retrieval BEIR_DIR ...] [--model M] [--work DIR] [--repeats N]
 Build retrieval sets with benchmarks/retrieval_sets.py (stsb: from STS train + dev; sample: the
-sample documents and questions). STS files come from $MM2D_STSB_DIR, else ../shared/data/stsb/.
+sample documents and questions). STS files come from $MM2D_STSB_DIR (default: the current folder),
+the STS Benchmark's sts-train.csv and sts-dev.csv, which you download (see the README, "Tests").
 Timings are wall-clock and CPU seconds of this process, best of --repeats (default 1: one
 adaptation takes minutes).
 """
@@ -40,7 +41,7 @@ from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import STS_METRIC, evaluate_sts
 from mm2d_integrations.settings import default_model
 
-STSB = Path(os.environ.get("MM2D_STSB_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"))
+STSB = Path(os.environ.get("MM2D_STSB_DIR", "."))
 MAX_ADAPT_SECONDS = 300.0
 STS_TARGETS = {3: 0.92, 1: 0.88}  # depth -> share of full-depth Spearman
 RETRIEVAL_TARGET = (3, 0.75)  # depth, share of full-depth nDCG@10

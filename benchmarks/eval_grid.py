@@ -4,7 +4,8 @@
 2. every cell equals a separately truncated run (an encoder cut to that depth and width) within 0.01.
 
 Usage: HF_HUB_OFFLINE=1 python benchmarks/eval_grid.py [STS_DEV_FILE] [--model M] [--repeats N] [--threads T]
-(STS_DEV_FILE defaults to sts-dev.csv in $MM2D_STSB_DIR, else ../shared/data/stsb/ beside the repository.)
+(STS_DEV_FILE defaults to sts-dev.csv in $MM2D_STSB_DIR, else in the current folder: the STS Benchmark's
+dev split, which you download; see the README, "Tests".)
 Timings alternate between the two evaluations and keep each one's best, so that load on the machine
 weighs on both alike; the ratio is given in wall-clock time and in CPU time of this process (with
 --threads 1, CPU time hardly moves when other processes share the cores). Per-depth throughput
@@ -29,7 +30,7 @@ from mm2d_integrations.evaluation.grid import STS_METRIC, GridResult, evaluate_s
 from mm2d_integrations.evaluation.metrics import spearman
 from mm2d_integrations.settings import default_model
 
-STSB = Path(os.environ.get("MM2D_STSB_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"))
+STSB = Path(os.environ.get("MM2D_STSB_DIR", "."))
 MAX_RATIO = 1.3
 MAX_DIFFERENCE = 0.01
 T = TypeVar("T")

@@ -5,7 +5,9 @@ latency, model load time and peak RSS (each load in a fresh process), depth (hal
 precision (bf16 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
 fixed count), and Chroma query latency and on-disk size at 384, 128 and 64 dimensions.
 
-    HF_HUB_OFFLINE=1 python benchmarks/performance.py ../shared/data/stsb [--repeats 3]
+    HF_HUB_OFFLINE=1 python benchmarks/performance.py STSB_DIR [--repeats 3]
+
+STSB_DIR: the STS Benchmark folder (sts-dev.csv, sts-train.csv), which you download; see the README, "Tests".
 
 Timings alternate the contenders and keep the best of `--repeats`, so that other work on the
 machine penalises them alike; CPU seconds are printed beside wall seconds.
@@ -44,7 +46,7 @@ def model_path() -> str:
 
 def mixed_corpus(stsb: Path) -> list[str]:
     """Chunks of the sample documents (long) and STS sentences (short): realistic mixed lengths."""
-    chunks = [chunk.text for chunk in split_documents(load_folder(REPO / "examples" / "internal_docs").documents)]
+    chunks = [chunk.text for chunk in split_documents(load_folder(REPO / "mm2d_integrations" / "samples" / "internal_docs").documents)]
     pairs = read_sts(stsb / "sts-dev.csv")
     sentences = list(dict.fromkeys(pairs.first + pairs.second))[:1500]
     return chunks * 4 + sentences

@@ -1,12 +1,13 @@
 """Build BEIR-layout retrieval sets (corpus.jsonl, queries.jsonl, qrels/test.tsv) from data on this machine.
 
-- `stsb OUT`: from the STS Benchmark train and dev splits ($MM2D_STSB_DIR, else ../shared/data/stsb/
-  beside the repository), public data. Each distinct first sentence of a pair scoring 4 or more
-  (same meaning, or nearly) is a query; its pair's second sentence is its relevant document. The
-  corpus is every distinct sentence of both splits except the queries' own, so that no query finds
-  itself: 11,599 documents and 1,584 queries.
-- `sample OUT`: from the sample corpus in examples/: documents are the chunks `mm2d index` makes,
-  queries the 49 questions of examples/questions.jsonl. Relevance 2: the chunks of the expected file
+- `stsb OUT`: from the STS Benchmark train and dev splits (sts-train.csv and sts-dev.csv in
+  $MM2D_STSB_DIR, else in the current folder; public data you download, see the README, "Tests").
+  Each distinct first sentence of a pair scoring 4 or more (same meaning, or nearly) is a query;
+  its pair's second sentence is its relevant document. The corpus is every distinct sentence of
+  both splits except the queries' own, so that no query finds itself: 11,599 documents and 1,584
+  queries.
+- `sample OUT`: from the sample corpus (mm2d_integrations.samples): documents are the chunks
+  `mm2d index` makes, queries its 49 questions. Relevance 2: the chunks of the expected file
   that hold the answer (its first clause, else the most of its words); 1: the file's other chunks.
 
 Usage: python benchmarks/retrieval_sets.py {stsb,sample} OUT
@@ -21,8 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-STSB = Path(os.environ.get("MM2D_STSB_DIR", REPO.parent / "shared" / "data" / "stsb"))
+STSB = Path(os.environ.get("MM2D_STSB_DIR", "."))
 SAME_MEANING = 4.0
 
 
@@ -60,11 +60,12 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[\w£€%.,-]+", text.lower())) - {"", "the", "and", "for", "of", "a", "to", "in", "or"}
 
 
-def build_sample(out: Path, examples: Path = REPO / "examples") -> Path:
+def build_sample(out: Path) -> Path:
     from mm2d_integrations.documents import load_folder, split_documents
+    from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
 
-    chunks = split_documents(load_folder(examples / "internal_docs").documents)
-    questions = [json.loads(line) for line in (examples / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    chunks = split_documents(load_folder(SAMPLE_DOCS).documents)
+    questions = load_questions()
     qrels: dict[str, dict[str, int]] = {}
     for number, question in enumerate(questions):
         own = [chunk for chunk in chunks if chunk.source == question["source"]]

@@ -13,9 +13,9 @@ from scipy.special import erf
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.adapt import adapt, read_corpus
 from mm2d_integrations.cli import main
-from mm2d_integrations.evaluation.datasets import StsPairs, read_sts
+from mm2d_integrations.evaluation.datasets import StsPairs
 from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE
-from tests.conftest import STSB
+from tests.conftest import GRADED_PAIRS, distinct_sentences
 from tests.tiny_models import build_tiny_model
 
 TEXTS = ["a short one", "a much longer sentence about the quarterly energy report and its numbers", "ok", "Two dogs run."]
@@ -28,16 +28,10 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Pa
     return folder
 
 
-@pytest.fixture(scope="module")
-def train_sentences() -> list[str]:
-    train = read_sts(STSB / "sts-train.csv")
-    return list(dict.fromkeys(train.first + train.second))[:400]
-
-
 @pytest.fixture(scope="module", params=["ridge", "lowrank", "mlp"])
-def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, train_sentences: list[str]) -> Path:
+def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
     out = tmp_path_factory.mktemp("adapted") / request.param
-    report = adapt(tiny_base, train_sentences[:80], out, method=request.param, epochs=2)
+    report = adapt(tiny_base, sentences[:80], out, method=request.param, epochs=2)
     assert {result.kind for result in report.depths.values()} == {request.param} and sorted(report.depths) == [1, 2, 3]
     return out
 
@@ -107,28 +101,28 @@ def test_heads_change_the_fingerprint_and_chroma_refuses_the_adapted_encoder(
 
 
 def test_a_learned_head_is_closer_to_full_depth_on_held_out_text(
-    minilm_path: Path, train_sentences: list[str], sts_sentences: list[str], tmp_path: Path
+    minilm_path: Path, sts_train: StsPairs, sts_dev: StsPairs, tmp_path: Path
 ) -> None:
-    report = adapt(minilm_path, train_sentences[:300], tmp_path / "out", layers=[2], method="ridge")
-    teacher = Matryoshka2DEncoder(minilm_path).encode_documents(sts_sentences[:100])
-    raw = Matryoshka2DEncoder(minilm_path, num_layers=2).encode_documents(sts_sentences[:100])
-    headed = Matryoshka2DEncoder(tmp_path / "out", num_layers=2).encode_documents(sts_sentences[:100])
+    """The thresholds were measured on STS Benchmark text: learned on train sentences, checked on dev ones."""
+    held_out = distinct_sentences(sts_dev)[:100]
+    report = adapt(minilm_path, distinct_sentences(sts_train)[:300], tmp_path / "out", layers=[2], method="ridge")
+    teacher = Matryoshka2DEncoder(minilm_path).encode_documents(held_out)
+    raw = Matryoshka2DEncoder(minilm_path, num_layers=2).encode_documents(held_out)
+    headed = Matryoshka2DEncoder(tmp_path / "out", num_layers=2).encode_documents(held_out)
     raw_cosine, head_cosine = (float((vectors * teacher).sum(1).mean()) for vectors in (raw, headed))
     assert head_cosine > raw_cosine + 0.2 and head_cosine > 0.6
     assert report.depths[2].cosine > report.depths[2].raw_cosine
 
 
-def test_cli_end_to_end(tiny_base: Path, train_sentences: list[str], sts_dev: StsPairs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_end_to_end(tiny_base: Path, sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = tmp_path / "sentences.txt"
-    corpus.write_text("\n".join(train_sentences[:60]) + "\n\n", encoding="utf-8")
+    corpus.write_text("\n".join(sentences[:60]) + "\n\n", encoding="utf-8")
     out = tmp_path / "adapted"
     assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(out), "--layers", "1", "3", "--method", "ridge"]) == 0
     printed = capsys.readouterr().out
     assert "adapted" in printed and "on 60 texts (6 held out)" in printed and "plain cut  with head" in printed
     assert sorted(json.loads((out / HEADS_CONFIG).read_text())["heads"]) == ["1", "3"]
-    pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("".join(f"{s}\t{a}\t{b}\n" for s, a, b in zip(sts_dev.scores[:30], sts_dev.first, sts_dev.second)), encoding="utf-8")
-    assert main(["eval", "sts", str(pairs), "--model", str(out), "--dims", "32"]) == 0
+    assert main(["eval", "sts", str(GRADED_PAIRS), "--model", str(out), "--dims", "32"]) == 0
     assert "sts cosine Spearman x100" in capsys.readouterr().out
 
 
@@ -170,11 +164,11 @@ def test_bad_input_exits_2_naming_the_problem(
         adapt(tiny_base, texts, out, layers=[int(options[1])] if options else None, method="ridge")
 
 
-def test_heads_refuse_another_pooling_and_a_second_adaptation(adapted: Path, train_sentences: list[str], tmp_path: Path) -> None:
+def test_heads_refuse_another_pooling_and_a_second_adaptation(adapted: Path, sentences: list[str], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exit heads were learned with pooling 'mean', not 'cls'"):
         Matryoshka2DEncoder(adapted, pooling="cls")
     with pytest.raises(ValueError, match="already has exit heads"):
-        adapt(adapted, train_sentences[:20], tmp_path / "again")
+        adapt(adapted, sentences[:20], tmp_path / "again")
 
 
 def test_heads_that_do_not_match_their_description_are_refused(adapted: Path, tmp_path: Path) -> None:
@@ -188,7 +182,7 @@ def test_heads_that_do_not_match_their_description_are_refused(adapted: Path, tm
         Matryoshka2DEncoder(broken, num_layers=1)
 
 
-def test_same_depth_and_cross_depth_retrieval_from_one_pass(adapted: Path, sts_dev: StsPairs, tmp_path: Path) -> None:
+def test_same_depth_and_cross_depth_retrieval_from_one_pass(adapted: Path, graded_pairs: StsPairs, tmp_path: Path) -> None:
     from mm2d_integrations.evaluation.cross_depth import evaluate_depths
     from mm2d_integrations.evaluation.datasets import read_beir
     from mm2d_integrations.evaluation.grid import evaluate_retrieval
@@ -196,7 +190,7 @@ def test_same_depth_and_cross_depth_retrieval_from_one_pass(adapted: Path, sts_d
     from mm2d_integrations.evaluation.ranking import top_k
     from tests.test_evaluation_datasets import write_sts_retrieval_set
 
-    dataset = read_beir(write_sts_retrieval_set(tmp_path / "beir", sts_dev, 40))
+    dataset = read_beir(write_sts_retrieval_set(tmp_path / "beir", graded_pairs, 40))
     encoder = Matryoshka2DEncoder(adapted)
     scores = evaluate_depths(encoder, dataset, [4, 2, 1])
     grid = evaluate_retrieval(encoder, dataset, [4, 2, 1], [encoder.max_dimensions]).scores

@@ -23,11 +23,11 @@ from mm2d_integrations.chroma import chroma_client
 from mm2d_integrations.cli import main
 from mm2d_integrations.documents import load_folder, split_documents
 from mm2d_integrations.rag.indexer import stored_ids
+from mm2d_integrations.samples import SAMPLE_DOCS
 from tests.test_langchain import MINILM
-from tests.test_reliability import EXAMPLES
 from tests.tiny_models import build_tiny_model
 
-DOCS = EXAMPLES / "internal_docs"
+DOCS = SAMPLE_DOCS
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -7,18 +7,10 @@ import pytest
 
 from mm2d_integrations.cli import main
 from mm2d_integrations.evaluation.datasets import StsPairs
+from tests.conftest import GRADED_PAIRS
 from tests.test_evaluation_datasets import write_sts_retrieval_set
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def sts_file(tmp_path_factory: pytest.TempPathFactory, sts_dev: StsPairs) -> Path:
-    """40 pairs in the plain score<TAB>s1<TAB>s2 layout."""
-    path = tmp_path_factory.mktemp("sts") / "pairs.tsv"
-    rows = zip(sts_dev.scores[::37], sts_dev.first[::37], sts_dev.second[::37])
-    path.write_text("".join(f"{score}\t{first}\t{second}\n" for score, first, second in rows), encoding="utf-8")
-    return path
 
 
 def _check_schema(path: Path, task: str, metric: str, cells: set[tuple[int, int]]) -> dict:
@@ -35,9 +27,9 @@ def _check_schema(path: Path, task: str, metric: str, cells: set[tuple[int, int]
 
 
 def test_sts_end_to_end_with_json_and_plot(
-    minilm_path: Path, sts_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    minilm_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    arguments = ["eval", "sts", str(sts_file), "--model", str(minilm_path), "--layers", "6", "1", "--dims", "384", "32"]
+    arguments = ["eval", "sts", str(GRADED_PAIRS), "--model", str(minilm_path), "--layers", "6", "1", "--dims", "384", "32"]
     assert main([*arguments, "--json", str(tmp_path / "grid.json"), "--plot", str(tmp_path / "grid.png")]) == 0
     out = capsys.readouterr().out
     assert "sts cosine Spearman x100 by layers (rows) and dimensions (columns), change against 6 layers x 384" in out
@@ -48,9 +40,9 @@ def test_sts_end_to_end_with_json_and_plot(
 
 
 def test_retrieval_end_to_end_on_the_default_grid(
-    minilm_path: Path, sts_dev: StsPairs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    minilm_path: Path, graded_pairs: StsPairs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = write_sts_retrieval_set(tmp_path / "beir", sts_dev, 30)
+    folder = write_sts_retrieval_set(tmp_path / "beir", graded_pairs, 30)
     assert main(["eval", "retrieval", str(folder), "--model", str(minilm_path), "--json", str(tmp_path / "grid.json")]) == 0
     out = capsys.readouterr().out
     for metric in ("nDCG@10", "Recall@100", "MRR@10"):
@@ -70,9 +62,9 @@ def test_retrieval_end_to_end_on_the_default_grid(
     ],
 )
 def test_bad_options_exit_2_with_a_clear_error(
-    minilm_path: Path, sts_file: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+    minilm_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    assert main(["eval", "sts", str(sts_file), "--model", str(minilm_path), *arguments]) == 2
+    assert main(["eval", "sts", str(GRADED_PAIRS), "--model", str(minilm_path), *arguments]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -90,11 +82,11 @@ def test_eval_needs_a_task(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_missing_extra_is_named_before_any_work(
-    monkeypatch: pytest.MonkeyPatch, sts_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "matplotlib" else real_find_spec(name))
-    assert main(["eval", "sts", str(sts_file), "--model", "no/such/model/is/loaded", "--plot", str(tmp_path / "grid.png")]) == 2
+    assert main(["eval", "sts", str(GRADED_PAIRS), "--model", "no/such/model/is/loaded", "--plot", str(tmp_path / "grid.png")]) == 2
     assert "mm2d eval sts needs matplotlib: pip install 'mm2d-integrations[eval]'" in capsys.readouterr().err

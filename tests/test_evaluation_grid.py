@@ -53,24 +53,19 @@ def test_a_depth_beyond_a_cut_encoder_is_refused(minilm_path: Path) -> None:
         grid_axes(Matryoshka2DEncoder(minilm_path, num_layers=3), [1, 5], None)
 
 
-@pytest.fixture(scope="module")
-def sts_300(sts_dev: StsPairs) -> StsPairs:
-    return StsPairs(sts_dev.scores[:300], sts_dev.first[:300], sts_dev.second[:300])
-
-
-def test_sts_grid_equals_separately_cut_runs(encoder: Matryoshka2DEncoder, minilm_path: Path, sts_300: StsPairs) -> None:
+def test_sts_grid_equals_separately_cut_runs(encoder: Matryoshka2DEncoder, minilm_path: Path, graded_pairs: StsPairs) -> None:
     """Each depth is encoded again by an encoder cut there, then truncated to each width (as an
     encoder with those `dimensions` does); benchmarks/eval_grid.py also runs one encoder per cell."""
-    result = evaluate_sts(encoder, sts_300)
+    result = evaluate_sts(encoder, graded_pairs)
     assert (result.task, result.metric, result.dimensions) == ("sts", "cosine Spearman", DIMENSIONS)
     assert result.layers == [6, 5, 4, 3, 2, 1]
-    assert result.texts == len(set(sts_300.first + sts_300.second)) and result.native == (6, 384)
+    assert result.texts == len(set(graded_pairs.first + graded_pairs.second)) and result.native == (6, 384)
     for depth in range(1, 7):
         cut = Matryoshka2DEncoder(minilm_path, num_layers=depth)
-        first, second = cut.encode_documents(sts_300.first), cut.encode_documents(sts_300.second)
+        first, second = cut.encode_documents(graded_pairs.first), cut.encode_documents(graded_pairs.second)
         for width in DIMENSIONS:
             cosines = (truncate_dimensions(first, width) * truncate_dimensions(second, width)).sum(1)
-            expected = 100 * spearmanr(cosines, sts_300.scores).statistic
+            expected = 100 * spearmanr(cosines, graded_pairs.scores).statistic
             assert abs(result.scores["cosine Spearman"][depth, width] - expected) <= 0.01, (depth, width)
 
 
@@ -84,8 +79,8 @@ def _reference_metrics(queries: np.ndarray, documents: np.ndarray, dataset) -> d
     return {name: 100 * total / len(dataset.query_ids) for name, total in totals.items()}
 
 
-def test_retrieval_grid_equals_separately_cut_runs(minilm_path: Path, tmp_path: Path, sts_dev: StsPairs) -> None:
-    dataset = read_beir(write_sts_retrieval_set(tmp_path, sts_dev, 120))
+def test_retrieval_grid_equals_separately_cut_runs(minilm_path: Path, tmp_path: Path, graded_pairs: StsPairs) -> None:
+    dataset = read_beir(write_sts_retrieval_set(tmp_path, graded_pairs, 120))
     prompts = dict(query_prompt="query: ", document_prompt="passage: ")  # each side must get its own
     result = evaluate_retrieval(Matryoshka2DEncoder(minilm_path, **prompts), dataset, dimensions=[384, 64])
     assert (result.task, list(result.scores)) == ("retrieval", ["nDCG@10", "Recall@100", "MRR@10"])
@@ -100,12 +95,12 @@ def test_retrieval_grid_equals_separately_cut_runs(minilm_path: Path, tmp_path: 
     assert 50 < result.scores["nDCG@10"][6, 384] < 100  # the set is easy but not trivial
 
 
-def test_depth_clock_accounts_each_depth_and_leaves_no_hooks(encoder: Matryoshka2DEncoder, sts_dev: StsPairs) -> None:
+def test_depth_clock_accounts_each_depth_and_leaves_no_hooks(encoder: Matryoshka2DEncoder, sentences: list[str]) -> None:
     layers = encoder._loaded.model.encoder.layer
     encoder.encode_layerwise(["transformers adds hooks of its own on the first pass"], [1, 6])
     hooks = [(dict(layer._forward_hooks), dict(layer._forward_pre_hooks)) for layer in layers]
     with LayerClock(encoder) as clock:
-        encoder.encode_layerwise(sts_dev.first[:70], [1, 6])
+        encoder.encode_layerwise(sentences[:70], [1, 6])
     at_depth = [clock.seconds_at(depth) for depth in range(1, 7)]
     assert 0 < at_depth[0] and at_depth == sorted(at_depth) and at_depth[-1] == clock.seconds
     assert [(dict(layer._forward_hooks), dict(layer._forward_pre_hooks)) for layer in layers] == hooks

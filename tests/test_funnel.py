@@ -25,8 +25,9 @@ from mm2d_integrations.encoder import truncate_dimensions
 from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
+from mm2d_integrations.samples import SAMPLE_DOCS
 from tests.test_langchain import MINILM
-from tests.test_rag import EXAMPLES, QUESTIONS, RecordingChatModel, RecordingLLM
+from tests.test_rag import QUESTIONS, RecordingChatModel, RecordingLLM
 
 SHORT = 64
 
@@ -44,7 +45,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="module")
 def sample_index(client: Any, encoder: Matryoshka2DEncoder) -> FunnelIndex:
     index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=client)
-    report = index_folder(EXAMPLES / "internal_docs", index)
+    report = index_folder(SAMPLE_DOCS, index)
     assert report.added == report.chunks == len(stored_ids(index.full)) == len(stored_ids(index.short))
     return index
 
@@ -155,7 +156,7 @@ def test_reindexing_completes_a_run_killed_between_the_two_collections(
     tmp_path: Path, encoder: Matryoshka2DEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "docs"
-    shutil.copytree(EXAMPLES / "internal_docs" / "support", folder)
+    shutil.copytree(SAMPLE_DOCS / "support", folder)
     index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
     index_folder(folder, index)
     chunks = {chunk.id: chunk for chunk in split_documents(load_folder(folder).documents)}
@@ -179,7 +180,7 @@ def test_reindexing_completes_a_run_killed_between_the_two_collections(
 def test_cli_index_with_a_shortlist_then_ask_through_the_funnel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Then `ask` through the funnel with any chat model / LLM too: the retrieved text reaches it."""
     folder = tmp_path / "docs"
-    shutil.copytree(EXAMPLES / "internal_docs" / "policies", folder / "policies")
+    shutil.copytree(SAMPLE_DOCS / "policies", folder / "policies")
     persist = str(tmp_path / "chroma")
     assert main(["index", str(folder), "--persist-dir", persist, "--model", MINILM, "--shortlist-dims", "64"]) == 0
     assert "embedded and added" in capsys.readouterr().out

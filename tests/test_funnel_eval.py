@@ -63,15 +63,19 @@ def test_the_funnel_equals_a_brute_force_by_full_sorts(vectors, shortlist: int, 
     assert recall < 100  # the prefix shortlist does miss documents here, so the comparison means something
 
 
-def test_a_shortlist_as_large_as_the_corpus_is_exact_search(vectors) -> None:
+@pytest.mark.parametrize("own_first", [-1, 0])
+def test_a_shortlist_as_large_as_the_corpus_is_exact_search(vectors, own_first: int) -> None:
+    """Also when q0 owns d0, its nearest document: a shortlist of the whole corpus holds d0 too."""
     queries, documents, dataset = vectors
-    result = evaluate_funnel(queries, documents, dataset, np.full(50, -1), Funnel(4, 30), 1, 48)
+    queries = np.vstack([documents[:1], queries[1:]])
+    own = np.array([own_first] + [-1] * 49)
+    result = evaluate_funnel(queries, documents, dataset, own, Funnel(4, 30), 1, 48)
     assert result.recall == 100 and result.ndcg == pytest.approx(result.exact_ndcg, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
-def beir_folder(tmp_path_factory: pytest.TempPathFactory, sts_dev: StsPairs) -> Path:
-    return write_sts_retrieval_set(tmp_path_factory.mktemp("beir"), sts_dev, 60)
+def beir_folder(tmp_path_factory: pytest.TempPathFactory, graded_pairs: StsPairs) -> Path:
+    return write_sts_retrieval_set(tmp_path_factory.mktemp("beir"), graded_pairs, 60)
 
 
 def test_cli_reports_each_funnel_and_writes_it_as_a_results_row(

@@ -13,6 +13,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from mm2d_integrations.samples import load_questions
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("langchain_rag.ipynb", "llamaindex_rag.ipynb")
 
@@ -91,7 +93,7 @@ def test_depth_and_dimensions_comparison(executed: Executed) -> None:
     assert len({layers for layers, *_ in rows}) >= 2 and len({dims for _, dims, *_ in rows}) >= 2
     (full_layers, full_dims, full_hits, total), *cuts = rows
     assert (full_layers, full_dims) == (6, 384)  # the packaged all-MiniLM-L6-v2, uncut
-    assert total == sum(1 for line in (NOTEBOOKS.parent / "examples" / "questions.jsonl").read_text().splitlines() if line.strip())
+    assert total == len(load_questions())
     assert full_hits >= 0.9 * total
     for layers, dims, hits, cut_total in cuts:
         assert layers <= full_layers and dims < full_dims and cut_total == total

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ from mm2d_integrations.documents import html_to_text, load_folder, split_documen
 from mm2d_integrations.rag.generators import NOTHING_RELEVANT, ExtractiveAnswerer, TransformersGenerator
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask, index
+from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
 from tests.test_langchain import MINILM
 from tests.tiny_models import build_tiny_model
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-QUESTIONS = [json.loads(line) for line in (EXAMPLES / "questions.jsonl").read_text().splitlines() if line.strip()]
+QUESTIONS = load_questions()
 
 
 def _minimal_pdf(text: str) -> bytes:
@@ -76,8 +75,8 @@ def test_loader_reads_supported_files_and_lists_the_rest(tmp_path: Path, caplog:
 
 
 def test_chunk_ids_come_from_path_index_and_content() -> None:
-    chunks = split_documents(load_folder(EXAMPLES / "internal_docs").documents)
-    again = split_documents(load_folder(EXAMPLES / "internal_docs").documents)
+    chunks = split_documents(load_folder(SAMPLE_DOCS).documents)
+    again = split_documents(load_folder(SAMPLE_DOCS).documents)
     assert [chunk.id for chunk in chunks] == [chunk.id for chunk in again]
     assert len({chunk.id for chunk in chunks}) == len(chunks)
     first = chunks[0]
@@ -88,7 +87,7 @@ def test_chunk_ids_come_from_path_index_and_content() -> None:
 @pytest.fixture(scope="module")
 def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     store = Store(persist_dir=tmp_path_factory.mktemp("chroma"), model=MINILM)
-    report = index(EXAMPLES / "internal_docs", store)
+    report = index(SAMPLE_DOCS, store)
     assert report.files >= 15 and report.added == report.chunks
     return store
 
@@ -118,7 +117,7 @@ def test_extractive_answerer_says_when_nothing_relevant_was_retrieved(sample_sto
 
 def test_incremental_reindex_embeds_only_what_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "docs"
-    shutil.copytree(EXAMPLES / "internal_docs", folder)
+    shutil.copytree(SAMPLE_DOCS, folder)
     encoder = Matryoshka2DEncoder(MINILM)
     collection = open_collection(encoder, "docs", client=chroma_client(tmp_path / "chroma"))
     index_folder(folder, collection)
@@ -186,7 +185,7 @@ def test_the_chain_feeds_the_retrieved_text_to_the_generator(sample_store: Store
     assert answer.text == "recorded answer" and question["source"] in answer.sources
     prompt = model.prompts[-1]
     assert question["question"] in prompt and "Use only the context below" in prompt
-    returns_text = (EXAMPLES / "internal_docs" / question["source"]).read_text()
+    returns_text = (SAMPLE_DOCS / question["source"]).read_text()
     assert any(line.strip() in prompt for line in returns_text.splitlines() if len(line.strip()) > 40)
     if framework == "langchain":
         assert f"[{question['source']}]" in prompt  # each passage stands under its source
@@ -203,7 +202,7 @@ def test_transformers_generator_runs_end_to_end_with_a_tiny_causal_lm(sample_sto
         answer = ask(question["question"], sample_store, framework=framework, generator=generator)
         assert isinstance(answer.text, str) and question["source"] in answer.sources
     assert len(seen) == 2
-    source_text = load_folder(EXAMPLES / "internal_docs").documents
+    source_text = load_folder(SAMPLE_DOCS).documents
     expected = next(doc.text for doc in source_text if doc.source == question["source"])
     words = [word.lower() for word in expected.split()[:80] if word.isalpha() and len(word) > 5]
     assert sum(word in seen[0] for word in words) >= len(words) // 2  # the retrieved text reached the model
@@ -211,7 +210,7 @@ def test_transformers_generator_runs_end_to_end_with_a_tiny_causal_lm(sample_sto
 
 def test_cli_index_then_ask_prints_the_answer_then_relative_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     persist = str(tmp_path / "chroma")
-    assert main(["index", str(EXAMPLES / "internal_docs"), "--persist-dir", persist, "--model", MINILM, "--layers", "4", "--dims", "128"]) == 0
+    assert main(["index", str(SAMPLE_DOCS), "--persist-dir", persist, "--model", MINILM, "--layers", "4", "--dims", "128"]) == 0
     assert "126 embedded and added" in capsys.readouterr().out or True
     question = next(q for q in QUESTIONS if q["source"] == "policies/remote_work_policy.html")
     for framework in ("langchain", "llamaindex"):

@@ -25,10 +25,9 @@ from mm2d_integrations.chroma import chroma_client
 from mm2d_integrations.documents import load_folder, split_documents
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
 from mm2d_integrations.rag.indexer import stored_ids
+from mm2d_integrations.samples import SAMPLE_DOCS
 from tests.test_langchain import MINILM
 from tests.tiny_models import build_tiny_model
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +167,7 @@ async def test_a_hundred_concurrent_async_queries_leave_the_event_loop_free(embe
 def test_indexing_survives_kill_9(tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     for copy in range(2):
-        shutil.copytree(EXAMPLES / "internal_docs", folder / f"copy{copy}")
+        shutil.copytree(SAMPLE_DOCS, folder / f"copy{copy}")
     persist = tmp_path / "chroma"
     command = [sys.executable, "-m", "mm2d_integrations.cli", "index", str(folder), "--persist-dir", str(persist), "--model", MINILM, "--verbose"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

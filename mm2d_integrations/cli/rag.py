@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mm2d_integrations.cli.options import add_encoder_options, options_from, progress
@@ -13,6 +11,7 @@ from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.rag import FRAMEWORKS
 from mm2d_integrations.rag.generators import EXTRACTIVE, Answer
+from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
 from mm2d_integrations.settings import default_model
 from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex
 
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["add_rag_commands"]
 
-SAMPLE_FOLDER = Path(__file__).resolve().parents[2] / "examples"  # becomes package data (issue 12)
 DEMO_QUESTIONS = 4
 
 
@@ -89,10 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
     """Index the sample corpus and answer a few sample questions, offline, with one loaded model."""
     from mm2d_integrations.rag.pipeline import ask, index
 
-    folder = SAMPLE_FOLDER / "internal_docs"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"the sample corpus {folder} is not here: run the demo from a checkout of the repository")
-    questions = [json.loads(line) for line in (SAMPLE_FOLDER / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    folder, questions = SAMPLE_DOCS, load_questions()
     funnel = _funnel(args)
     with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
         encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))

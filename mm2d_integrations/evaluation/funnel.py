@@ -65,6 +65,7 @@ def evaluate_funnel(
         exact = top_k(full_queries[row : row + 1], full_documents, FUNNEL_K, skip)[0]
         middle = time.perf_counter()
         candidates = top_k(short_queries[row : row + 1], short_documents, FUNNEL_K * funnel.shortlist_factor, skip)[0]
+        candidates = candidates[candidates != skip[0]]  # a shortlist of the whole corpus holds it too, to be re-scored
         order, _ = rerank(full_queries[row], full_documents[candidates], FUNNEL_K)
         found = candidates[order]
         seconds[row] = time.perf_counter() - middle, middle - started
