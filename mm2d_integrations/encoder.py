@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mm2d_integrations.loading import LoadedModel, load_model
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.pooling import check_pooling, pool
-from mm2d_integrations.runtime import dtype_name, resolve_device, resolve_dtype, resolve_precision
+from mm2d_integrations.runtime import dtype_name, resolve_compute_precision, resolve_device, resolve_dtype
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
@@ -76,7 +76,7 @@ class Matryoshka2DEncoder:
         )
         self.device = resolve_device(given.device)
         self.dtype = resolve_dtype(given.dtype)
-        self.precision = resolve_precision(given.precision, self.device)
+        self.compute_precision = resolve_compute_precision(given.compute_precision, self.device)
         self._loaded: LoadedModel = load_model(
             model_name_or_path,
             num_layers=given.num_layers,
@@ -150,7 +150,7 @@ class Matryoshka2DEncoder:
     @property
     def options(self) -> EncoderOptions:
         """The options that rebuild this encoder: depth, width, pooling, prompts and max length as
-        resolved; device and precision as given, so that a rebuild elsewhere picks that machine's best."""
+        resolved; device and compute precision as given, so that a rebuild elsewhere picks that machine's best."""
         return EncoderOptions.of(
             self._given,
             num_layers=self.num_layers,
@@ -225,7 +225,7 @@ class Matryoshka2DEncoder:
             return self._loaded.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)["input_ids"]
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "bf16":
+        if self.compute_precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -238,21 +238,21 @@ def test_threads_get_exactly_the_serial_results(minilm_path: Path, sts_sentences
 
 
 def test_bf16_precision_stays_close_to_float32(minilm_path: Path, sts_sentences: list[str]) -> None:
-    fast = Matryoshka2DEncoder(minilm_path, precision="bf16")
+    fast = Matryoshka2DEncoder(minilm_path, compute_precision="bf16")
     exact = Matryoshka2DEncoder(minilm_path)
-    assert fast.precision == "bf16" and fast._loaded is exact._loaded  # autocast: the same float32 weights
+    assert fast.compute_precision == "bf16" and fast._loaded is exact._loaded  # autocast: the same float32 weights
     assert (fast.encode_documents(sts_sentences) * exact.encode_documents(sts_sentences)).sum(1).min() >= 0.999
-    with pytest.raises(ValueError, match="precision must be one of float32, bf16, got 'int8'"):
-        Matryoshka2DEncoder(minilm_path, precision="int8")
+    with pytest.raises(ValueError, match="compute_precision must be one of float32, bf16, got 'int8'"):
+        Matryoshka2DEncoder(minilm_path, compute_precision="int8")
 
 
 def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mm2d_integrations.runtime as runtime_module
 
     monkeypatch.setattr(runtime_module, "bf16_supported", lambda device: False)
-    with pytest.warns(UserWarning, match="no native bfloat16 support: precision falls back to float32"):
-        encoder = Matryoshka2DEncoder(minilm_path, precision="bf16")
-    assert encoder.precision == "float32"
+    with pytest.warns(UserWarning, match="no native bfloat16 support: compute_precision falls back to float32"):
+        encoder = Matryoshka2DEncoder(minilm_path, compute_precision="bf16")
+    assert encoder.compute_precision == "float32"
 
 
 def test_token_budget_batches() -> None:

@@ -62,7 +62,7 @@ def test_every_option_is_a_flag_of_every_model_command() -> None:
 def test_options_round_trip_through_the_encoder(minilm_path: Path) -> None:
     given = EncoderOptions(
         num_layers=3, dimensions=96, pooling="cls", normalize=False, query_prompt="q: ", document_prompt="d: ",
-        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", precision="float32",
+        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", compute_precision="float32",
     )
     assert Matryoshka2DEncoder(minilm_path, given).options == given
 
