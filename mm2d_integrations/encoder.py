@@ -88,6 +88,9 @@ class Matryoshka2DEncoder:
         )
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
+        # As in sentence-transformers, a checkpoint whose pipeline ends in Normalize gives unit vectors
+        # whatever `normalize` says; `normalize` then only decides whether a cut is normalised again.
+        self._normalizes_full_width = self.normalize or bool(settings.normalized)
         self._pooling = check_pooling(given.pooling or settings.pooling or "mean")
         self._loaded.exit_heads.check_pooling(self._pooling)
         self.query_prompt = given.query_prompt if given.query_prompt is not None else settings.query_prompt or ""
@@ -203,8 +206,20 @@ class Matryoshka2DEncoder:
         """Vectors at several `num_layers` from one forward pass: {num_layers: (n, max_dimensions) array}.
 
         Each equals what an encoder cut to that many layers gives; vectors keep every dimension
-        (normalised when `normalize`), so any `truncate_dimensions` of them is exact too.
+        (normalised when `normalize` or when the checkpoint's pipeline normalises), so any
+        `truncate_dimensions` of them is exact too.
         """
+        vectors = self.pooled_layerwise(texts, num_layers, prompt=prompt, show_progress=show_progress)
+        if self._normalizes_full_width:
+            for kept in vectors.values():
+                kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def pooled_layerwise(
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool = False
+    ) -> dict[int, np.ndarray]:
+        """`encode_layerwise` before any normalisation: the pooled states (after an exit head) that
+        `mm2d adapt` fits its heads on."""
         checked = check_texts(texts)
         wanted = sorted({check_int_in_range("num_layers", kept, 1, self.num_layers) for kept in num_layers})
         if not wanted:
@@ -215,7 +230,7 @@ class Matryoshka2DEncoder:
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
             pooled = self._forward([token_ids[index] for index in batch], wanted)
             for kept, vectors in pooled.items():
-                results[kept][batch] = truncate_dimensions(vectors, self.max_dimensions, self.normalize)
+                results[kept][batch] = vectors
         return results
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:

@@ -33,7 +33,7 @@ class EncoderOptions:
         None, "leading dimensions to keep, re-normalised (default: all)", aliases=("--dims",)
     )
     pooling: str | None = _option(None, "cls, mean, max, mean_sqrt_len_tokens or lasttoken (default: the model's)")
-    normalize: bool = _option(True, "L2-normalise the vectors")
+    normalize: bool = _option(True, "L2-normalise the vectors, cut or not (off: as the checkpoint's pipeline leaves them)")
     query_prompt: str | None = _option(None, "text put before each query (default: the model's)")
     document_prompt: str | None = _option(None, "text put before each document (default: the model's)")
     max_length: int | None = _option(None, "tokens per text, prompt included; longer texts are truncated (default: the model's)")

@@ -19,6 +19,7 @@ class ModelSettings:
     max_length: int | None = None
     query_prompt: str | None = None
     document_prompt: str | None = None
+    normalized: bool | None = None  # its sentence-transformers pipeline ends in Normalize
 
     def filled_from(self, fallback: ModelSettings) -> ModelSettings:
         """These settings, with every unsaid field taken from `fallback`."""
@@ -41,7 +42,8 @@ _SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
 def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
-    """Pooling, max length and prompts from the sentence-transformers files, where present."""
+    """Pooling, max length, prompts and whether vectors leave normalised, from the sentence-transformers
+    files where present."""
     modules = source.json("modules.json") or []
     pooling = None
     for module in modules:
@@ -63,6 +65,7 @@ def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
         max_length=bert_config.get("max_seq_length"),
         query_prompt=_first_prompt(prompts, _QUERY_PROMPT_NAMES),
         document_prompt=_first_prompt(prompts, _DOCUMENT_PROMPT_NAMES),
+        normalized=any(module.get("type", "").endswith("Normalize") for module in modules) if modules else None,
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,21 @@ def test_matches_sentence_transformers_at_every_depth_and_width(
         assert ours.shape == (len(sts_sentences), dimensions) and ours.dtype == np.float32
         reference = expected[:, :dimensions] / np.linalg.norm(expected[:, :dimensions], axis=1, keepdims=True)
         assert (ours * reference).sum(1).min() >= 0.99999, (num_layers, dimensions)
+
+
+def test_normalize_off_is_sentence_transformers_normalize_embeddings_off(reference_model, minilm_path: Path, tmp_path: Path) -> None:
+    """A checkpoint whose pipeline ends in Normalize (MiniLM) gives unit vectors either way, as in
+    sentence-transformers; `normalize=False` then leaves a cut as it is, and one without Normalize raw."""
+    texts = ["a cat sits on the mat", "quarterly numbers", ""]
+    for dimensions in (384, 64):
+        ours = Matryoshka2DEncoder(minilm_path, normalize=False, dimensions=dimensions).encode_documents(texts)
+        theirs = reference_model.encode(texts, normalize_embeddings=False, truncate_dim=dimensions)
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    build_tiny_model(tmp_path, "bert", minilm_path, pooling="mean")
+    (tmp_path / "modules.json").write_text(json.dumps(json.loads((tmp_path / "modules.json").read_text())[:2]))
+    raw = Matryoshka2DEncoder(tmp_path, normalize=False).encode_documents(texts)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw, Matryoshka2DEncoder(tmp_path).pooled_layerwise(texts, [4])[4], atol=1e-6)
 
 
 def _spearman(first: np.ndarray, second: np.ndarray, gold: list[float]) -> float:
