@@ -85,6 +85,7 @@ class Matryoshka2DEncoder:
             revision=given.revision,
             trust_remote_code=given.trust_remote_code,
             allow_pickle=given.allow_pickle,
+            cache_folder=given.cache_folder,
         )
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)

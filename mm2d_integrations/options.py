@@ -7,6 +7,7 @@ Adding an option means one field here plus its use in the encoder.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ def _option(default: Any, help: str, *, aliases: tuple[str, ...] = (), restored:
 
     `aliases`: further command-line flags beside `--name-with-dashes`; `restored`: whether a stored
     configuration (Chroma's) may set it when it rebuilds an encoder (never for options that let
-    untrusted files run code).
+    untrusted files run code, nor for folders of the machine that stored it).
     """
     return dataclasses.field(default=default, metadata={"help": help, "aliases": aliases, "restored": restored})
 
@@ -45,15 +46,18 @@ class EncoderOptions:
         "float32", "float32 (exact) or bf16 (bfloat16 products: about 2x faster on CPUs with native bf16); not an output format"
     )
     revision: str | None = _option(None, "hub revision (branch, tag or commit) of a hub id")
+    cache_folder: str | None = _option(None, "folder that hub downloads are cached in (default: the Hugging Face cache)", restored=False)
     trust_remote_code: bool = _option(False, "run the checkpoint's own Python code (auto_map)", restored=False)
     allow_pickle: bool = _option(False, "load pickle weights (*.bin), which can run code", restored=False)
 
     def __post_init__(self) -> None:
-        # torch.device and torch.dtype are accepted and kept as their names, so options stay plain data.
+        # torch.device, torch.dtype and Path are accepted and kept as str, so options stay plain data.
         if self.device is not None and not isinstance(self.device, str):
             object.__setattr__(self, "device", str(self.device))
         if self.dtype is not None and not isinstance(self.dtype, str):
             object.__setattr__(self, "dtype", str(self.dtype).removeprefix("torch."))
+        if isinstance(self.cache_folder, os.PathLike):
+            object.__setattr__(self, "cache_folder", os.fspath(self.cache_folder))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
