@@ -12,12 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model
 
+from mm2d_integrations.compat import from_sentence_transformers
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.options import EncoderOptions, option_specs
 
 __all__ = ["build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
 
 _ENCODER = "mm2d_encoder"  # the validation context key that carries a given encoder
+_THEIR_KWARGS = ("model_kwargs", "encode_kwargs", "query_encode_kwargs")  # as HuggingFaceEmbeddings names them
 
 
 def encoder_fields_model(name: str, *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -47,23 +49,28 @@ def from_encoder_fields(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
 
 def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> Matryoshka2DEncoder:
     """The encoder of an adapter being validated: the one it wraps, or one built from its option
-    fields, `renamed` options (fields the framework names otherwise) and `model_kwargs`.
+    fields, `renamed` options (fields the framework names otherwise), `model_kwargs` and, where the
+    adapter has them, `encode_kwargs` and `query_encode_kwargs` (see `compat`).
 
-    `model_kwargs` (LangChain's name for constructor arguments) are folded into the fields and emptied,
-    so that the adapter's fields alone describe its encoder and a copy rebuilds the same one.
+    Those dictionaries are folded into the fields and emptied, so that the adapter's fields alone
+    describe its encoder and a copy rebuilds the same one.
     """
     given = (info.context or {}).get(_ENCODER)
+    fields = type(adapter).model_fields
     if given is None:
-        options = {name: getattr(adapter, name) for name in EncoderOptions.names() if name in type(adapter).model_fields}
-        extra = dict(adapter.model_kwargs)
-        unknown = sorted(set(extra) - set(EncoderOptions.names()))
-        if unknown:
-            raise ValueError(f"model_kwargs has unknown option(s) {', '.join(unknown)}; valid: {', '.join(EncoderOptions.names())}")
-        twice = sorted(set(extra) & (adapter.model_fields_set | set(renamed)))
+        options = {name: getattr(adapter, name) for name in EncoderOptions.names() if name in fields}
+        theirs = from_sentence_transformers(
+            adapter.model_name, *(getattr(adapter, name) for name in _THEIR_KWARGS if name in fields),
+            revision=options.get("revision"), cache_folder=options.get("cache_folder"),
+        )
+        twice = sorted(set(theirs) & (adapter.model_fields_set | set(renamed)))
         if twice:
-            raise ValueError(f"{', '.join(twice)} given both as field(s) and in model_kwargs; give each once")
-        given = Matryoshka2DEncoder(adapter.model_name, **{**options, **renamed, **extra})
-    adapter.model_kwargs = {}
+            given_through = " or ".join(name for name in _THEIR_KWARGS if name in fields)
+            raise ValueError(f"{', '.join(twice)} given both as field(s) and through {given_through}; give each once")
+        given = Matryoshka2DEncoder(adapter.model_name, **{**options, **renamed, **theirs})
+    for name in _THEIR_KWARGS:
+        if name in fields:
+            setattr(adapter, name, {})
     for name, value in given.options.as_dict().items():
         if name in type(adapter).model_fields:
             setattr(adapter, name, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.compat import their_arguments
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import check_search
 from mm2d_integrations.settings import default_model
@@ -25,6 +26,10 @@ __all__ = ["FunnelRetriever", "Matryoshka2DEmbeddings", "chroma_vector_store"]
 class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):  # type: ignore[misc]
     """Embeddings for LangChain vector stores and retrievers; every `EncoderOptions` field is a field here.
 
+    A drop-in for `HuggingFaceEmbeddings`: its `model_kwargs`, `encode_kwargs`, `query_encode_kwargs`,
+    `cache_folder` and `show_progress` mean the same here (`compat` maps them; what has no
+    equivalent is refused).
+
     Example:
         `Matryoshka2DEmbeddings(model="mixedbread-ai/mxbai-embed-2d-large-v1", num_layers=12, dimensions=256)`
     """
@@ -34,9 +39,18 @@ class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model, alias="model")
     show_progress: bool = False
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Encoder options by name, as LangChain's HuggingFaceEmbeddings takes them (each also a field)."""
+    """Encoder options by name, or SentenceTransformer(...) arguments as HuggingFaceEmbeddings takes them."""
+    encode_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """SentenceTransformer.encode(...) arguments for documents (and queries, unless `query_encode_kwargs`)."""
+    query_encode_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """SentenceTransformer.encode(...) arguments for queries."""
 
     _encoder: Matryoshka2DEncoder = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _their_arguments(cls, data: Any) -> Any:
+        return their_arguments(data, {})
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> Matryoshka2DEmbeddings:

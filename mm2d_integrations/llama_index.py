@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.compat import LLAMA_INDEX_ARGUMENTS, their_arguments
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import check_search
 from mm2d_integrations.settings import default_model
@@ -13,7 +14,7 @@ from mm2d_integrations.validation import install_hint
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-    from llama_index.core.bridge.pydantic import BeforeValidator, Field, PrivateAttr, ValidationInfo, model_validator
+    from llama_index.core.bridge.pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 except ImportError as error:
     raise ImportError(install_hint("llama_index.core", "llamaindex")) from error
@@ -23,14 +24,27 @@ __all__ = ["FunnelRetriever", "Matryoshka2DEmbedding", "chroma_vector_store"]
 
 class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields", exclude=("batch_size",))):  # type: ignore[misc]
     """Embeddings for LlamaIndex indexes and query engines; every `EncoderOptions` field is a field here,
-    but for `batch_size`: LlamaIndex's `embed_batch_size` texts go to the model as one batch."""
+    but for `batch_size`: LlamaIndex's `embed_batch_size` texts go to the model as one batch.
+
+    A drop-in for `HuggingFaceEmbedding`: its `query_instruction`, `text_instruction` and `truncate_dim`
+    set `query_prompt`, `document_prompt` and `dimensions`; `show_progress_bar`, `device`, `normalize`,
+    `max_length`, `cache_folder` and `trust_remote_code` are named alike. Unknown arguments are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model)
     embed_batch_size: int = Field(default=32, gt=0, le=2048)
+    show_progress_bar: bool = False
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Encoder options by name (each also a field)."""
+    """Encoder options by name (each also a field), or SentenceTransformer(...) arguments."""
 
     _encoder: Matryoshka2DEncoder = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _their_arguments(cls, data: Any) -> Any:
+        return their_arguments(data, LLAMA_INDEX_ARGUMENTS)
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> Matryoshka2DEmbedding:
@@ -59,7 +73,7 @@ class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields",
         return self._encoder.encode_documents([text])[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._encoder.encode_documents(texts).tolist()
+        return self._encoder.encode_documents(texts, show_progress=self.show_progress_bar).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return (await self._encoder.aencode_queries([query]))[0].tolist()

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from mm2d_integrations.pooling import pooling_from_sentence_transformers
 from mm2d_integrations.source import ModelSource
 
-__all__ = ["KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "ModelSettings", "default_model", "read_sentence_transformers_settings"]
+__all__ = [
+    "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "ModelSettings", "default_model", "read_sentence_transformers_settings", "saved_prompts",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
     if not modules and (pooling_config := source.json("1_Pooling/config.json")):
         pooling = pooling_from_sentence_transformers(pooling_config)
     bert_config = source.json("sentence_bert_config.json") or {}
-    prompts = (source.json("config_sentence_transformers.json") or {}).get("prompts") or {}
+    prompts = saved_prompts(source)
     return ModelSettings(
         pooling=pooling,
         max_length=bert_config.get("max_seq_length"),
@@ -67,6 +69,11 @@ def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
         document_prompt=_first_prompt(prompts, _DOCUMENT_PROMPT_NAMES),
         normalized=any(module.get("type", "").endswith("Normalize") for module in modules) if modules else None,
     )
+
+
+def saved_prompts(source: ModelSource) -> dict[str, str]:
+    """The named prompts of `config_sentence_transformers.json` (sentence-transformers' `prompts`)."""
+    return (source.json("config_sentence_transformers.json") or {}).get("prompts") or {}
 
 
 def _first_prompt(prompts: dict[str, str], names: tuple[str, ...]) -> str | None:
