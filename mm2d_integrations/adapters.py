@@ -10,26 +10,41 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationInfo, create_model
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, create_model
 
 from mm2d_integrations.compat import from_sentence_transformers
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.options import EncoderOptions, option_specs
 
-__all__ = ["build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
+__all__ = ["EncoderHolder", "build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
 
 _ENCODER = "mm2d_encoder"  # the validation context key that carries a given encoder
 _THEIR_KWARGS = ("model_kwargs", "encode_kwargs", "query_encode_kwargs")  # as HuggingFaceEmbeddings names them
 
 
+class EncoderHolder(BaseModel):
+    """What both adapters hold beside their option fields: the encoder, and the name of its space."""
+
+    _encoder: Matryoshka2DEncoder = PrivateAttr()
+
+    @property
+    def encoder(self) -> Matryoshka2DEncoder:
+        return self._encoder
+
+    @property
+    def space_id(self) -> str:
+        """The embedding space's short stable name (`Matryoshka2DEncoder.space_id`): namespace caches with it."""
+        return self._encoder.space_id
+
+
 def encoder_fields_model(name: str, *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
-    """A pydantic model with a field per encoder option: same name, type, default and description."""
+    """An `EncoderHolder` with a field per encoder option: same name, type, default and description."""
     fields: dict[str, Any] = {
         spec.name: (spec.annotation, Field(default=spec.default, description=spec.help))
         for spec in option_specs()
         if spec.name not in exclude
     }
-    return create_model(name, **fields)
+    return create_model(name, __base__=EncoderHolder, **fields)
 
 
 def path_to_str(value: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.encoder import SPACE_KEYS, Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.settings import default_model
@@ -38,8 +38,6 @@ __all__ = [
 ]
 
 FINGERPRINT_KEY = "mm2d_fingerprint"
-# What changes the vectors; the model's name is shown but the weights identify it.
-SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
 
 
 class EmbeddingSpaceMismatch(ValueError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
+import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,16 @@ from mm2d_integrations.runtime import dtype_name, resolve_compute_precision, res
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
-__all__ = ["Matryoshka2DEncoder", "token_budget_batches", "truncate_dimensions"]
+__all__ = ["SPACE_KEYS", "Matryoshka2DEncoder", "space_id_of", "token_budget_batches", "truncate_dimensions"]
+
+# What changes the vectors; the model's name is shown but the weights identify it.
+SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
+
+
+def space_id_of(fingerprint: Mapping[str, Any]) -> str:
+    """16 hex digits that change whenever a key of `SPACE_KEYS` does: the embedding space's short name."""
+    space = json.dumps({key: fingerprint.get(key) for key in SPACE_KEYS}, sort_keys=True)
+    return hashlib.sha256(space.encode("utf-8")).hexdigest()[:16]
 
 
 def token_budget_batches(lengths: Sequence[int], max_texts: int, max_tokens: int | None) -> list[list[int]]:
@@ -180,6 +191,12 @@ class Matryoshka2DEncoder:
             "normalize": self.normalize,
             "max_length": self.max_length,
         }
+
+    @property
+    def space_id(self) -> str:
+        """The fingerprint's short stable hash (the model's name aside): a cache namespace that
+        changes whenever the vectors would (weights, depth, width, pooling, prompts, normalisation, max length)."""
+        return space_id_of(self.fingerprint)
 
     def encode_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Document vectors, shape (n, dimensions), float32, in input order."""
