@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, create_model
 
 from mm2d_integrations.compat import from_sentence_transformers
-from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.encoder import EncoderHandle, Matryoshka2DEncoder
 from mm2d_integrations.options import EncoderOptions, option_specs
 
 __all__ = ["EncoderHolder", "build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
@@ -23,13 +23,17 @@ _THEIR_KWARGS = ("model_kwargs", "encode_kwargs", "query_encode_kwargs")  # as H
 
 
 class EncoderHolder(BaseModel):
-    """What both adapters hold beside their option fields: the encoder, and the name of its space."""
+    """What both adapters hold beside their option fields: the encoder, and the name of its space.
 
-    _encoder: Matryoshka2DEncoder = PrivateAttr()
+    The encoder is held through an `EncoderHandle`, so that an adapter pickles as its fields and the
+    encoder's recipe: a process that unpickles it loads the model on first use, once.
+    """
+
+    _encoder: EncoderHandle = PrivateAttr()
 
     @property
     def encoder(self) -> Matryoshka2DEncoder:
-        return self._encoder
+        return self._encoder.get()
 
     @property
     def space_id(self) -> str:
@@ -62,7 +66,7 @@ def from_encoder_fields(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
     return {"model_name": encoder.model_name, **encoder.options.as_dict()}
 
 
-def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> Matryoshka2DEncoder:
+def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> EncoderHandle:
     """The encoder of an adapter being validated: the one it wraps, or one built from its option
     fields, `renamed` options (fields the framework names otherwise), `model_kwargs` and, where the
     adapter has them, `encode_kwargs` and `query_encode_kwargs` (see `compat`).
@@ -89,4 +93,4 @@ def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> Matryos
     for name, value in given.options.as_dict().items():
         if name in type(adapter).model_fields:
             setattr(adapter, name, value)
-    return given
+    return EncoderHandle(given)

@@ -8,8 +8,10 @@ import copy
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ from mm2d_integrations.runtime import dtype_name, resolve_compute_precision, res
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
-__all__ = ["SPACE_KEYS", "Matryoshka2DEncoder", "space_id_of", "token_budget_batches", "truncate_dimensions"]
+__all__ = [
+    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_id_of", "token_budget_batches", "truncate_dimensions",
+]
 
 # What changes the vectors; the model's name is shown but the weights identify it.
 SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
@@ -193,6 +197,12 @@ class Matryoshka2DEncoder:
         }
 
     @property
+    def recipe(self) -> EncoderRecipe:
+        """What rebuilds this encoder in another process (see `EncoderRecipe`)."""
+        fingerprint = self.fingerprint
+        return EncoderRecipe(self.source.reference, self.options, tuple((key, fingerprint[key]) for key in SPACE_KEYS))
+
+    @property
     def space_id(self) -> str:
         """The fingerprint's short stable hash (the model's name aside): a cache namespace that
         changes whenever the vectors would (weights, depth, width, pooling, prompts, normalisation, max length)."""
@@ -298,3 +308,78 @@ class Matryoshka2DEncoder:
             f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}, "
             f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
         )
+
+
+@dataclass(frozen=True)
+class EncoderRecipe:
+    """What rebuilds an encoder in another process: a model reference that resolves there (hub id,
+    `package:<module>` or absolute folder), every option (trust_remote_code and allow_pickle too: a
+    recipe comes from the user's own process, unlike a stored configuration) and the embedding space
+    (`SPACE_KEYS` values) the rebuilt encoder must give."""
+
+    model: str
+    options: EncoderOptions
+    space: tuple[tuple[str, Any], ...]
+
+    @property
+    def space_id(self) -> str:
+        return space_id_of(dict(self.space))
+
+    def build(self) -> Matryoshka2DEncoder:
+        """The encoder, built once in this process and kept while it runs, so that a worker that receives
+        a pickled adapter with each task loads the model once; a ValueError where this process's model
+        gives another space (other weights at the same path, say)."""
+        with _KEPT_LOCK:
+            encoder = _KEPT.get(self)
+            if encoder is None:
+                encoder = Matryoshka2DEncoder(self.model, self.options)
+                differences = [key for key, value in self.space if encoder.fingerprint[key] != value]
+                if differences:
+                    raise ValueError(
+                        f"model {self.model!r} gives another embedding space in this process than where it was pickled "
+                        f"(differs in {', '.join(differences)}): check that both load the same weights"
+                    )
+                _KEPT[self] = encoder
+            return encoder
+
+
+_KEPT: dict[EncoderRecipe, Matryoshka2DEncoder] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+class EncoderHandle:
+    """An encoder, or the recipe of one built on first use. It pickles as the recipe (never the model
+    or its locks), so that an adapter holding it can be sent to worker processes: multiprocessing,
+    Ray tasks, Spark UDFs, LlamaIndex's `IngestionPipeline(num_workers=...)`."""
+
+    def __init__(self, encoder: Matryoshka2DEncoder | None = None, *, recipe: EncoderRecipe | None = None) -> None:
+        if (encoder is None) == (recipe is None):
+            raise ValueError("give an encoder or a recipe")
+        self._encoder, self._recipe = encoder, recipe
+
+    def get(self) -> Matryoshka2DEncoder:
+        if self._encoder is None:
+            assert self._recipe is not None
+            self._encoder = self._recipe.build()
+        return self._encoder
+
+    @property
+    def recipe(self) -> EncoderRecipe:
+        return self._recipe if self._recipe is not None else self.get().recipe
+
+    @property
+    def options(self) -> EncoderOptions:
+        return self.recipe.options if self._encoder is None else self._encoder.options
+
+    @property
+    def space_id(self) -> str:
+        return self.recipe.space_id if self._encoder is None else self._encoder.space_id
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"recipe": self.recipe}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(recipe=state["recipe"])  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EncoderHandle:
+        return self  # an encoder never changes: copies of an adapter share it

@@ -62,16 +62,16 @@ class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):
         return cls.model_validate(from_encoder_fields(encoder), context=wrapping(encoder))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._encoder.encode_documents(texts, show_progress=self.show_progress).tolist()
+        return self.encoder.encode_documents(texts, show_progress=self.show_progress).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self._encoder.encode_queries([text])[0].tolist()
+        return self.encoder.encode_queries([text])[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return (await self._encoder.aencode_documents(texts)).tolist()
+        return (await self.encoder.aencode_documents(texts)).tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
-        return (await self._encoder.aencode_queries([text]))[0].tolist()
+        return (await self.encoder.aencode_queries([text]))[0].tolist()
 
 
 def cache_backed_embeddings(

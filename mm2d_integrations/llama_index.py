@@ -17,7 +17,7 @@ from mm2d_integrations.validation import install_hint
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-    from llama_index.core.bridge.pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+    from llama_index.core.bridge.pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
     from llama_index.core.storage.kvstore.types import DEFAULT_COLLECTION, BaseKVStore
 except ImportError as error:
@@ -114,6 +114,13 @@ class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields",
     def class_name(cls) -> str:
         return "Matryoshka2DEmbedding"
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The fields as pickled, the encoder loaded on first use (LlamaIndex's own __setstate__ would
+        build it from the fields at once); a field LlamaIndex left out as unpicklable gets its default."""
+        for name, field in type(self).model_fields.items():
+            state["__dict__"].setdefault(name, field.get_default(call_default_factory=True))
+        BaseModel.__setstate__(self, state)
+
     @classmethod
     def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbedding:
         """An embedding that uses `encoder` itself (its loaded model and every option it was built with)."""
@@ -130,22 +137,22 @@ class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields",
             return await super().aget_query_embedding(query)
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._encoder.encode_queries([query])[0].tolist()
+        return self.encoder.encode_queries([query])[0].tolist()
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._encoder.encode_documents([text])[0].tolist()
+        return self.encoder.encode_documents([text])[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._encoder.encode_documents(texts, show_progress=self.show_progress_bar).tolist()
+        return self.encoder.encode_documents(texts, show_progress=self.show_progress_bar).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._encoder.aencode_queries([query]))[0].tolist()
+        return (await self.encoder.aencode_queries([query]))[0].tolist()
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await self._encoder.aencode_documents([text]))[0].tolist()
+        return (await self.encoder.aencode_documents([text]))[0].tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return (await self._encoder.aencode_documents(texts)).tolist()
+        return (await self.encoder.aencode_documents(texts)).tolist()
 
 
 def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str | None = None, **where: Any) -> Any:
