@@ -119,11 +119,12 @@ class _PromptNames:
 
     def prompt(self, argument: str, given: Mapping[str, Any]) -> str | None:
         """The prompt one side of encode(...) gets: `prompt`, else `prompt_name`'s, else the default name's."""
-        if "prompt" in given and "prompt_name" in given:
+        prompt, name = given.get("prompt"), given.get("prompt_name")
+        if prompt is not None and name is not None:
             raise ValueError(f"{argument} gives both prompt and prompt_name; give one")
-        if "prompt" in given:
-            return given["prompt"]
-        name = given.get("prompt_name", self.default_name)
+        if prompt is not None:
+            return prompt
+        name = self.default_name if name is None else name
         return None if name is None else self.resolve(name)
 
     def resolve(self, name: str) -> str:
