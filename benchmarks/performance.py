@@ -2,7 +2,7 @@
 
 Prints ratios against baselines measured in this same run: throughput (texts/s), single-query
 latency, model load time and peak RSS (each load in a fresh process), depth (half against full),
-precision (bf16 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
+compute_precision (bf16 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
 fixed count), and Chroma query latency and on-disk size at 384, 128 and 64 dimensions.
 
     HF_HUB_OFFLINE=1 python benchmarks/performance.py STSB_DIR [--repeats 3]
@@ -152,7 +152,7 @@ def main() -> None:
     reference = SentenceTransformer(path, device="cpu")
     exact = Matryoshka2DEncoder(path)  # batches: at most 32 texts and 32 x 128 padded tokens
     fixed = Matryoshka2DEncoder(path, max_batch_tokens=1 << 40)  # batches of 32 texts, whatever their length
-    fast = Matryoshka2DEncoder(path, precision="bf16")
+    fast = Matryoshka2DEncoder(path, compute_precision="bf16")
     half = Matryoshka2DEncoder(path, num_layers=3)
 
     theirs = reference.encode(texts, normalize_embeddings=True)

@@ -115,7 +115,7 @@ def adapt(
     check_int_in_range("epochs", epochs, 1, 10_000)
     out = _check_out(Path(out))
     texts = _sample(list(dict.fromkeys(texts)), max_texts, seed)
-    teacher = Matryoshka2DEncoder(model, normalize=False, batch_size=batch_size, device=device)
+    teacher = Matryoshka2DEncoder(model, batch_size=batch_size, device=device)
     if teacher.source.file(HEADS_CONFIG) is not None:
         raise ValueError(f"model {teacher.model_name!r} already has exit heads ({HEADS_FILE}); adapt its base model instead")
     full = teacher.max_layers
@@ -171,7 +171,7 @@ def _pooled_states(
     """Un-normalised pooled vectors of every depth, one pass per prompt. Texts are seen with the
     document prompt and, where the model has another, with the query prompt too (queries get it)."""
     prompts = dict.fromkeys([teacher.document_prompt, teacher.query_prompt])
-    passes = [teacher.encode_layerwise(texts, depths, prompt=prompt, show_progress=show_progress) for prompt in prompts]
+    passes = [teacher.pooled_layerwise(texts, depths, prompt=prompt, show_progress=show_progress) for prompt in prompts]
     return {depth: torch.from_numpy(np.concatenate([vectors[depth] for vectors in passes])) for depth in depths}
 
 

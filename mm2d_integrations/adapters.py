@@ -10,24 +10,45 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationInfo, create_model
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, create_model
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.compat import from_sentence_transformers
+from mm2d_integrations.encoder import EncoderHandle, Matryoshka2DEncoder
 from mm2d_integrations.options import EncoderOptions, option_specs
 
-__all__ = ["build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
+__all__ = ["EncoderHolder", "build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
 
 _ENCODER = "mm2d_encoder"  # the validation context key that carries a given encoder
+_THEIR_KWARGS = ("model_kwargs", "encode_kwargs", "query_encode_kwargs")  # as HuggingFaceEmbeddings names them
+
+
+class EncoderHolder(BaseModel):
+    """What both adapters hold beside their option fields: the encoder, and the name of its space.
+
+    The encoder is held through an `EncoderHandle`, so that an adapter pickles as its fields and the
+    encoder's recipe: a process that unpickles it loads the model on first use, once.
+    """
+
+    _encoder: EncoderHandle = PrivateAttr()
+
+    @property
+    def encoder(self) -> Matryoshka2DEncoder:
+        return self._encoder.get()
+
+    @property
+    def space_id(self) -> str:
+        """The embedding space's short stable name (`Matryoshka2DEncoder.space_id`): namespace caches with it."""
+        return self._encoder.space_id
 
 
 def encoder_fields_model(name: str, *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
-    """A pydantic model with a field per encoder option: same name, type, default and description."""
+    """An `EncoderHolder` with a field per encoder option: same name, type, default and description."""
     fields: dict[str, Any] = {
         spec.name: (spec.annotation, Field(default=spec.default, description=spec.help))
         for spec in option_specs()
         if spec.name not in exclude
     }
-    return create_model(name, **fields)
+    return create_model(name, __base__=EncoderHolder, **fields)
 
 
 def path_to_str(value: Any) -> Any:
@@ -45,26 +66,31 @@ def from_encoder_fields(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
     return {"model_name": encoder.model_name, **encoder.options.as_dict()}
 
 
-def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> Matryoshka2DEncoder:
+def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> EncoderHandle:
     """The encoder of an adapter being validated: the one it wraps, or one built from its option
-    fields, `renamed` options (fields the framework names otherwise) and `model_kwargs`.
+    fields, `renamed` options (fields the framework names otherwise), `model_kwargs` and, where the
+    adapter has them, `encode_kwargs` and `query_encode_kwargs` (see `compat`).
 
-    `model_kwargs` (LangChain's name for constructor arguments) are folded into the fields and emptied,
-    so that the adapter's fields alone describe its encoder and a copy rebuilds the same one.
+    Those dictionaries are folded into the fields and emptied, so that the adapter's fields alone
+    describe its encoder and a copy rebuilds the same one.
     """
     given = (info.context or {}).get(_ENCODER)
+    fields = type(adapter).model_fields
     if given is None:
-        options = {name: getattr(adapter, name) for name in EncoderOptions.names() if name in type(adapter).model_fields}
-        extra = dict(adapter.model_kwargs)
-        unknown = sorted(set(extra) - set(EncoderOptions.names()))
-        if unknown:
-            raise ValueError(f"model_kwargs has unknown option(s) {', '.join(unknown)}; valid: {', '.join(EncoderOptions.names())}")
-        twice = sorted(set(extra) & (adapter.model_fields_set | set(renamed)))
+        options = {name: getattr(adapter, name) for name in EncoderOptions.names() if name in fields}
+        theirs = from_sentence_transformers(
+            adapter.model_name, *(getattr(adapter, name) for name in _THEIR_KWARGS if name in fields),
+            revision=options.get("revision"), cache_folder=options.get("cache_folder"),
+        )
+        twice = sorted(set(theirs) & (adapter.model_fields_set | set(renamed)))
         if twice:
-            raise ValueError(f"{', '.join(twice)} given both as field(s) and in model_kwargs; give each once")
-        given = Matryoshka2DEncoder(adapter.model_name, **{**options, **renamed, **extra})
-    adapter.model_kwargs = {}
+            given_through = " or ".join(name for name in _THEIR_KWARGS if name in fields)
+            raise ValueError(f"{', '.join(twice)} given both as field(s) and through {given_through}; give each once")
+        given = Matryoshka2DEncoder(adapter.model_name, **{**options, **renamed, **theirs})
+    for name in _THEIR_KWARGS:
+        if name in fields:
+            setattr(adapter, name, {})
     for name, value in given.options.as_dict().items():
         if name in type(adapter).model_fields:
             setattr(adapter, name, value)
-    return given
+    return EncoderHandle(given)

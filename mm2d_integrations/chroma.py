@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.encoder import SPACE_KEYS, EncoderHandle, EncoderRecipe, Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.settings import default_model
@@ -38,10 +38,8 @@ __all__ = [
 ]
 
 FINGERPRINT_KEY = "mm2d_fingerprint"
-# What changes the vectors; the model's name is shown but the weights identify it.
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _DAMAGED = "it may be damaged: move it aside and index again"
-SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
 
 
 class EmbeddingSpaceMismatch(ValueError):
@@ -67,6 +65,8 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
     """chromadb's embedding function protocol over a `Matryoshka2DEncoder`.
 
     Give an `encoder` to wrap it, or a model and `EncoderOptions` (or their fields by name) to build one.
+    It pickles as its configuration, never the model: a process that unpickles it loads the model on
+    first use, once (see `EncoderHandle`).
     """
 
     def __init__(
@@ -79,7 +79,8 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
     ) -> None:
         if encoder is not None and (model_name is not None or options is not None or overrides):
             raise ValueError("pass either an encoder or the options to build one, not both")
-        self._encoder = encoder or Matryoshka2DEncoder(model_name or default_model(), options, **overrides)
+        built = encoder or Matryoshka2DEncoder(model_name or default_model(), options, **overrides)
+        self._handle: EncoderHandle | None = EncoderHandle(built)
         self._stored: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -89,16 +90,22 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         the model still gives the stored space. chromadb rebuilds a collection's function every time it
         reads the collection, so building must cost nothing until vectors are asked for."""
         function = cls.__new__(cls)
-        function._encoder, function._stored, function._lock = None, config, threading.Lock()
+        function._handle, function._stored, function._lock = None, config, threading.Lock()
         return function
 
     @property
     def encoder(self) -> Matryoshka2DEncoder:
         with self._lock:
-            if self._encoder is None:
+            if self._handle is None:
                 assert self._stored is not None
-                self._encoder = _rebuild(self._stored)
-            return self._encoder
+                self._handle = EncoderHandle(_rebuild(self._stored))
+            return self._handle.get()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"handle": self._handle or EncoderHandle(recipe=_stored_recipe(self._stored or {}))}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._handle, self._stored, self._lock = state["handle"], None, threading.Lock()
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(self.encoder.encode_documents(list(input)))
@@ -117,14 +124,14 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         return "cosine"
 
     def supported_spaces(self) -> list[Space]:
-        normalize = self._encoder.normalize if self._encoder is not None else self.get_config().get("normalize", True)
+        normalize = self._handle.options.normalize if self._handle is not None else (self._stored or {}).get("normalize", True)
         return ["cosine", "ip", "l2"] if normalize else ["cosine"]
 
     def get_config(self) -> dict[str, Any]:
-        if self._encoder is None:
+        if self._handle is None:
             assert self._stored is not None
             return dict(self._stored)
-        return encoder_config(self._encoder)
+        return encoder_config(self._handle.get())
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> Matryoshka2DEmbeddingFunction:
@@ -159,6 +166,11 @@ def _rebuild(config: dict[str, Any]) -> Matryoshka2DEncoder:
             f"(differs in {', '.join(differences)}): stored {describe(config)}; now {describe(encoder.fingerprint)}"
         )
     return encoder
+
+
+def _stored_recipe(config: dict[str, Any]) -> EncoderRecipe:
+    """A stored configuration as a recipe: what a function not yet built pickles as."""
+    return EncoderRecipe(config["model"], EncoderOptions.from_config(config), tuple((key, config.get(key)) for key in SPACE_KEYS))
 
 
 def chroma_client(

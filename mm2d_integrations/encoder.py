@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
+import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,22 @@ from tqdm import tqdm
 from mm2d_integrations.loading import LoadedModel, load_model
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.pooling import check_pooling, pool
-from mm2d_integrations.runtime import dtype_name, resolve_device, resolve_dtype, resolve_precision
+from mm2d_integrations.runtime import dtype_name, resolve_compute_precision, resolve_device, resolve_dtype
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
-__all__ = ["Matryoshka2DEncoder", "token_budget_batches", "truncate_dimensions"]
+__all__ = [
+    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_id_of", "token_budget_batches", "truncate_dimensions",
+]
+
+# What changes the vectors; the model's name is shown but the weights identify it.
+SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
+
+
+def space_id_of(fingerprint: Mapping[str, Any]) -> str:
+    """16 hex digits that change whenever a key of `SPACE_KEYS` does: the embedding space's short name."""
+    space = json.dumps({key: fingerprint.get(key) for key in SPACE_KEYS}, sort_keys=True)
+    return hashlib.sha256(space.encode("utf-8")).hexdigest()[:16]
 
 
 def token_budget_batches(lengths: Sequence[int], max_texts: int, max_tokens: int | None) -> list[list[int]]:
@@ -76,7 +91,7 @@ class Matryoshka2DEncoder:
         )
         self.device = resolve_device(given.device)
         self.dtype = resolve_dtype(given.dtype)
-        self.precision = resolve_precision(given.precision, self.device)
+        self.compute_precision = resolve_compute_precision(given.compute_precision, self.device)
         self._loaded: LoadedModel = load_model(
             model_name_or_path,
             num_layers=given.num_layers,
@@ -86,10 +101,14 @@ class Matryoshka2DEncoder:
             trust_remote_code=given.trust_remote_code,
             allow_pickle=given.allow_pickle,
             show_progress=given.show_progress,
+            cache_folder=given.cache_folder,
         )
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
         self.show_progress = bool(given.show_progress)
+        # As in sentence-transformers, a checkpoint whose pipeline ends in Normalize gives unit vectors
+        # whatever `normalize` says; `normalize` then only decides whether a cut is normalised again.
+        self._normalizes_full_width = self.normalize or bool(settings.normalized)
         self._pooling = check_pooling(given.pooling or settings.pooling or "mean")
         self._loaded.exit_heads.check_pooling(self._pooling)
         self.query_prompt = given.query_prompt if given.query_prompt is not None else settings.query_prompt or ""
@@ -152,7 +171,7 @@ class Matryoshka2DEncoder:
     @property
     def options(self) -> EncoderOptions:
         """The options that rebuild this encoder: depth, width, pooling, prompts and max length as
-        resolved; device and precision as given, so that a rebuild elsewhere picks that machine's best."""
+        resolved; device and compute precision as given, so that a rebuild elsewhere picks that machine's best."""
         return EncoderOptions.of(
             self._given,
             num_layers=self.num_layers,
@@ -178,6 +197,18 @@ class Matryoshka2DEncoder:
             "normalize": self.normalize,
             "max_length": self.max_length,
         }
+
+    @property
+    def recipe(self) -> EncoderRecipe:
+        """What rebuilds this encoder in another process (see `EncoderRecipe`)."""
+        fingerprint = self.fingerprint
+        return EncoderRecipe(self.source.reference, self.options, tuple((key, fingerprint[key]) for key in SPACE_KEYS))
+
+    @property
+    def space_id(self) -> str:
+        """The fingerprint's short stable hash (the model's name aside): a cache namespace that
+        changes whenever the vectors would (weights, depth, width, pooling, prompts, normalisation, max length)."""
+        return space_id_of(self.fingerprint)
 
     def encode_documents(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Document vectors, shape (n, dimensions), float32, in input order."""
@@ -205,9 +236,21 @@ class Matryoshka2DEncoder:
         """Vectors at several `num_layers` from one forward pass: {num_layers: (n, max_dimensions) array}.
 
         Each equals what an encoder cut to that many layers gives; vectors keep every dimension
-        (normalised when `normalize`), so any `truncate_dimensions` of them is exact too.
-        `show_progress` (default: the encoder's option) shows a bar over the batches.
+        (normalised when `normalize` or when the checkpoint's pipeline normalises), so any
+        `truncate_dimensions` of them is exact too. `show_progress` (default: the encoder's option)
+        shows a bar over the batches.
         """
+        vectors = self.pooled_layerwise(texts, num_layers, prompt=prompt, show_progress=show_progress)
+        if self._normalizes_full_width:
+            for kept in vectors.values():
+                kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def pooled_layerwise(
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool | None = None
+    ) -> dict[int, np.ndarray]:
+        """`encode_layerwise` before any normalisation: the pooled states (after an exit head) that
+        `mm2d adapt` fits its heads on."""
         show_progress = self.show_progress if show_progress is None else show_progress
         checked = check_texts(texts)
         wanted = sorted({check_int_in_range("num_layers", kept, 1, self.num_layers) for kept in num_layers})
@@ -219,7 +262,7 @@ class Matryoshka2DEncoder:
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
             pooled = self._forward([token_ids[index] for index in batch], wanted)
             for kept, vectors in pooled.items():
-                results[kept][batch] = truncate_dimensions(vectors, self.max_dimensions, self.normalize)
+                results[kept][batch] = vectors
         return results
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -229,7 +272,7 @@ class Matryoshka2DEncoder:
             return self._loaded.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)["input_ids"]
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "bf16":
+        if self.compute_precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -269,3 +312,78 @@ class Matryoshka2DEncoder:
             f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}, "
             f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
         )
+
+
+@dataclass(frozen=True)
+class EncoderRecipe:
+    """What rebuilds an encoder in another process: a model reference that resolves there (hub id,
+    `package:<module>` or absolute folder), every option (trust_remote_code and allow_pickle too: a
+    recipe comes from the user's own process, unlike a stored configuration) and the embedding space
+    (`SPACE_KEYS` values) the rebuilt encoder must give."""
+
+    model: str
+    options: EncoderOptions
+    space: tuple[tuple[str, Any], ...]
+
+    @property
+    def space_id(self) -> str:
+        return space_id_of(dict(self.space))
+
+    def build(self) -> Matryoshka2DEncoder:
+        """The encoder, built once in this process and kept while it runs, so that a worker that receives
+        a pickled adapter with each task loads the model once; a ValueError where this process's model
+        gives another space (other weights at the same path, say)."""
+        with _KEPT_LOCK:
+            encoder = _KEPT.get(self)
+            if encoder is None:
+                encoder = Matryoshka2DEncoder(self.model, self.options)
+                differences = [key for key, value in self.space if encoder.fingerprint[key] != value]
+                if differences:
+                    raise ValueError(
+                        f"model {self.model!r} gives another embedding space in this process than where it was pickled "
+                        f"(differs in {', '.join(differences)}): check that both load the same weights"
+                    )
+                _KEPT[self] = encoder
+            return encoder
+
+
+_KEPT: dict[EncoderRecipe, Matryoshka2DEncoder] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+class EncoderHandle:
+    """An encoder, or the recipe of one built on first use. It pickles as the recipe (never the model
+    or its locks), so that an adapter holding it can be sent to worker processes: multiprocessing,
+    Ray tasks, Spark UDFs, LlamaIndex's `IngestionPipeline(num_workers=...)`."""
+
+    def __init__(self, encoder: Matryoshka2DEncoder | None = None, *, recipe: EncoderRecipe | None = None) -> None:
+        if (encoder is None) == (recipe is None):
+            raise ValueError("give an encoder or a recipe")
+        self._encoder, self._recipe = encoder, recipe
+
+    def get(self) -> Matryoshka2DEncoder:
+        if self._encoder is None:
+            assert self._recipe is not None
+            self._encoder = self._recipe.build()
+        return self._encoder
+
+    @property
+    def recipe(self) -> EncoderRecipe:
+        return self._recipe if self._recipe is not None else self.get().recipe
+
+    @property
+    def options(self) -> EncoderOptions:
+        return self.recipe.options if self._encoder is None else self._encoder.options
+
+    @property
+    def space_id(self) -> str:
+        return self.recipe.space_id if self._encoder is None else self._encoder.space_id
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"recipe": self.recipe}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(recipe=state["recipe"])  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EncoderHandle:
+        return self  # an encoder never changes: copies of an adapter share it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.compat import their_arguments
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import check_search
 from mm2d_integrations.settings import default_model
@@ -15,15 +16,20 @@ try:
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
-    from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+    from langchain_core.stores import ByteStore
+    from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 except ImportError as error:
     raise ImportError(install_hint("langchain_core", "langchain")) from error
 
-__all__ = ["FunnelRetriever", "Matryoshka2DEmbeddings", "chroma_vector_store"]
+__all__ = ["FunnelRetriever", "Matryoshka2DEmbeddings", "cache_backed_embeddings", "chroma_vector_store"]
 
 
 class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):  # type: ignore[misc]
     """Embeddings for LangChain vector stores and retrievers; every `EncoderOptions` field is a field here.
+
+    A drop-in for `HuggingFaceEmbeddings`: its `model_kwargs`, `encode_kwargs`, `query_encode_kwargs`,
+    `cache_folder` and `show_progress` mean the same here (`compat` maps them; what has no
+    equivalent is refused).
 
     Example:
         `Matryoshka2DEmbeddings(model="mixedbread-ai/mxbai-embed-2d-large-v1", num_layers=12, dimensions=256)`
@@ -33,9 +39,16 @@ class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):
 
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model, alias="model")
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Encoder options by name, as LangChain's HuggingFaceEmbeddings takes them (each also a field)."""
+    """Encoder options by name, or SentenceTransformer(...) arguments as HuggingFaceEmbeddings takes them."""
+    encode_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """SentenceTransformer.encode(...) arguments for documents (and queries, unless `query_encode_kwargs`)."""
+    query_encode_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """SentenceTransformer.encode(...) arguments for queries."""
 
-    _encoder: Matryoshka2DEncoder = PrivateAttr()
+    @model_validator(mode="before")
+    @classmethod
+    def _their_arguments(cls, data: Any) -> Any:
+        return their_arguments(data, {})
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> Matryoshka2DEmbeddings:
@@ -47,21 +60,44 @@ class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):
         """Embeddings that use `encoder` itself (its loaded model and every option it was built with)."""
         return cls.model_validate(from_encoder_fields(encoder), context=wrapping(encoder))
 
-    @property
-    def encoder(self) -> Matryoshka2DEncoder:
-        return self._encoder
-
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._encoder.encode_documents(texts).tolist()
+        return self.encoder.encode_documents(texts).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self._encoder.encode_queries([text])[0].tolist()
+        return self.encoder.encode_queries([text])[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return (await self._encoder.aencode_documents(texts)).tolist()
+        return (await self.encoder.aencode_documents(texts)).tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
-        return (await self._encoder.aencode_queries([text]))[0].tolist()
+        return (await self.encoder.aencode_queries([text]))[0].tolist()
+
+
+def cache_backed_embeddings(
+    embeddings: Matryoshka2DEmbeddings,
+    store: ByteStore,
+    *,
+    namespace: str = "",
+    query_store: ByteStore | None = None,
+    batch_size: int | None = None,
+) -> Any:
+    """LangChain's `CacheBackedEmbeddings` over `embeddings`, keyed by `namespace`, the embedding space
+    (`embeddings.space_id`) and the text: another depth, width, prompt or model never reads this
+    one's vectors. Queries are cached too (in `query_store`, default `store`), apart from documents:
+    a query's vector is not its text's document vector.
+    """
+    try:
+        from langchain_classic.embeddings import CacheBackedEmbeddings
+    except ImportError as error:
+        raise ImportError(install_hint("langchain_classic", "langchain-cache")) from error
+
+    def keyed(kind: str, kept_in: ByteStore) -> Any:  # "-" and "/" are what LocalFileStore allows in keys
+        namespaced = f"{namespace}mm2d-{embeddings.space_id}/{kind}/"
+        return CacheBackedEmbeddings.from_bytes_store(embeddings, kept_in, namespace=namespaced, key_encoder="sha256").document_embedding_store
+
+    return CacheBackedEmbeddings(
+        embeddings, keyed("document", store), batch_size=batch_size, query_embedding_store=keyed("query", query_store or store)
+    )
 
 
 def chroma_vector_store(embeddings: Matryoshka2DEmbeddings, collection_name: str | None = None, **where: Any) -> Any:

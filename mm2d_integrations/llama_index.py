@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.compat import LLAMA_INDEX_ARGUMENTS, their_arguments
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import check_search
 from mm2d_integrations.settings import default_model
@@ -13,33 +17,108 @@ from mm2d_integrations.validation import install_hint
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-    from llama_index.core.bridge.pydantic import BeforeValidator, Field, PrivateAttr, ValidationInfo, model_validator
+    from llama_index.core.bridge.pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.core.storage.kvstore.types import DEFAULT_COLLECTION, BaseKVStore
 except ImportError as error:
     raise ImportError(install_hint("llama_index.core", "llamaindex")) from error
 
-__all__ = ["FunnelRetriever", "Matryoshka2DEmbedding", "chroma_vector_store"]
+__all__ = ["FunnelRetriever", "Matryoshka2DEmbedding", "SpaceKVStore", "chroma_vector_store"]
+
+_EMBEDDING_QUERIES: ContextVar[bool] = ContextVar("mm2d_embedding_queries", default=False)
+
+
+@contextmanager
+def _queries() -> Iterator[None]:
+    """While a query is embedded, `SpaceKVStore` reads and writes the queries' collections."""
+    token = _EMBEDDING_QUERIES.set(True)
+    try:
+        yield
+    finally:
+        _EMBEDDING_QUERIES.reset(token)
+
+
+class SpaceKVStore(BaseKVStore):
+    """`store` seen through collections named after an embedding space, queries apart from texts.
+
+    LlamaIndex's `embeddings_cache` keys vectors by text alone, in one collection for queries and
+    texts: after a change of depth, width or prompt it would return the old space's vectors, and a
+    query's cached vector could be a document's. `Matryoshka2DEmbedding` wraps the store it is given.
+    """
+
+    def __init__(self, store: BaseKVStore, namespace: str) -> None:
+        self.store, self.namespace = store, namespace
+
+    def _collection(self, collection: str) -> str:
+        return f"{self.namespace}/{'query' if _EMBEDDING_QUERIES.get() else 'text'}/{collection}"
+
+    def put(self, key: str, val: dict, collection: str = DEFAULT_COLLECTION) -> None:
+        self.store.put(key, val, self._collection(collection))
+
+    async def aput(self, key: str, val: dict, collection: str = DEFAULT_COLLECTION) -> None:
+        await self.store.aput(key, val, self._collection(collection))
+
+    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict | None:
+        return self.store.get(key, self._collection(collection))
+
+    async def aget(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict | None:
+        return await self.store.aget(key, self._collection(collection))
+
+    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
+        return self.store.get_all(self._collection(collection))
+
+    async def aget_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
+        return await self.store.aget_all(self._collection(collection))
+
+    def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        return self.store.delete(key, self._collection(collection))
+
+    async def adelete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        return await self.store.adelete(key, self._collection(collection))
 
 
 class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields", exclude=("batch_size",))):  # type: ignore[misc]
     """Embeddings for LlamaIndex indexes and query engines; every `EncoderOptions` field is a field here,
-    but for `batch_size`: LlamaIndex's `embed_batch_size` texts go to the model as one batch."""
+    but for `batch_size`: LlamaIndex's `embed_batch_size` texts go to the model as one batch.
+
+    `embeddings_cache` (LlamaIndex's embedding cache, a `BaseKVStore`) is read through `SpaceKVStore`:
+    namespaced by the embedding space, queries apart.
+
+    A drop-in for `HuggingFaceEmbedding`: its `query_instruction`, `text_instruction` and `truncate_dim`
+    set `query_prompt`, `document_prompt` and `dimensions`, `show_progress_bar` sets `show_progress`;
+    `device`, `normalize`, `max_length`, `cache_folder` and `trust_remote_code` are named alike. Unknown arguments are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model_name: Annotated[str, BeforeValidator(path_to_str)] = Field(default_factory=default_model)
     embed_batch_size: int = Field(default=32, gt=0, le=2048)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Encoder options by name (each also a field)."""
+    """Encoder options by name (each also a field), or SentenceTransformer(...) arguments."""
 
-    _encoder: Matryoshka2DEncoder = PrivateAttr()
+    @model_validator(mode="before")
+    @classmethod
+    def _their_arguments(cls, data: Any) -> Any:
+        return their_arguments(data, LLAMA_INDEX_ARGUMENTS)
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> Matryoshka2DEmbedding:
         self._encoder = build_encoder(self, info, batch_size=self.embed_batch_size)
+        if self.embeddings_cache is not None:
+            store = self.embeddings_cache.store if isinstance(self.embeddings_cache, SpaceKVStore) else self.embeddings_cache
+            self.embeddings_cache = SpaceKVStore(store, f"mm2d-{self.space_id}")
         return self
 
     @classmethod
     def class_name(cls) -> str:
         return "Matryoshka2DEmbedding"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The fields as pickled, the encoder loaded on first use (LlamaIndex's own __setstate__ would
+        build it from the fields at once); a field LlamaIndex left out as unpicklable gets its default."""
+        for name, field in type(self).model_fields.items():
+            state["__dict__"].setdefault(name, field.get_default(call_default_factory=True))
+        BaseModel.__setstate__(self, state)
 
     @classmethod
     def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbedding:
@@ -48,27 +127,31 @@ class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields",
         fields["embed_batch_size"] = fields.pop("batch_size")
         return cls.model_validate(fields, context=wrapping(encoder))
 
-    @property
-    def encoder(self) -> Matryoshka2DEncoder:
-        return self._encoder
+    def get_query_embedding(self, query: str) -> Embedding:
+        with _queries():
+            return super().get_query_embedding(query)
+
+    async def aget_query_embedding(self, query: str) -> Embedding:
+        with _queries():
+            return await super().aget_query_embedding(query)
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._encoder.encode_queries([query])[0].tolist()
+        return self.encoder.encode_queries([query])[0].tolist()
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._encoder.encode_documents([text])[0].tolist()
+        return self.encoder.encode_documents([text])[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._encoder.encode_documents(texts).tolist()
+        return self.encoder.encode_documents(texts).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._encoder.aencode_queries([query]))[0].tolist()
+        return (await self.encoder.aencode_queries([query]))[0].tolist()
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await self._encoder.aencode_documents([text]))[0].tolist()
+        return (await self.encoder.aencode_documents([text]))[0].tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return (await self._encoder.aencode_documents(texts)).tolist()
+        return (await self.encoder.aencode_documents(texts)).tolist()
 
 
 def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str | None = None, **where: Any) -> Any:

@@ -110,19 +110,20 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    cache_folder: str | None = None,
     show_progress: bool = False,
 ) -> LoadedModel:
     """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`;
     transformers' loading progress bar only with `show_progress`."""
-    source = ModelSource(name_or_path, revision)
-    key = (source.location, revision, num_layers, str(device), dtype, trust_remote_code, allow_pickle)
+    source = ModelSource(name_or_path, revision, cache_folder)
+    key = (source.location, revision, cache_folder, num_layers, str(device), dtype, trust_remote_code, allow_pickle)
     with _cache_lock:
         loaded = _cache.get(key)
         if loaded is None:
             loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress)
             _cache[key] = loaded
             if num_layers is None:
-                _cache[(*key[:2], loaded.num_layers, *key[3:])] = loaded
+                _cache[(*key[:3], loaded.num_layers, *key[4:])] = loaded
         return loaded
 
 
@@ -144,7 +145,8 @@ def _load(
             "it is not run unless you pass trust_remote_code=True"
         )
     _check_weights(source, allow_pickle)
-    config = AutoConfig.from_pretrained(source.location, revision=source.revision, trust_remote_code=trust_remote_code)
+    hub = {"revision": source.revision, "cache_dir": source.cache_dir, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(source.location, **hub)
     stack = architecture_of(config, source.name)
     max_layers = int(getattr(config, stack.count_attribute))
     kept = max_layers if num_layers is None else check_int_in_range("num_layers", num_layers, 1, max_layers)
@@ -159,8 +161,7 @@ def _load(
         model = AutoModel.from_pretrained(
             source.location,
             config=config,
-            revision=source.revision,
-            trust_remote_code=trust_remote_code,
+            **hub,
             use_safetensors=None if allow_pickle else True,
             dtype=dtype,
         )
@@ -172,7 +173,7 @@ def _load(
             transformers.logging.enable_progress_bar()
     if len(layer_list(model, stack)) != kept:
         raise RuntimeError(f"model {source.name!r} loaded with the wrong number of layers")
-    tokenizer = AutoTokenizer.from_pretrained(source.location, revision=source.revision, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **hub)
     known = KNOWN_MODELS.get(source.name, ModelSettings())
     settings = read_sentence_transformers_settings(source).filled_from(known)
     if settings.max_length is None:

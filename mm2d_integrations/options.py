@@ -7,6 +7,7 @@ Adding an option means one field here plus its use in the encoder.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ def _option(default: Any, help: str, *, aliases: tuple[str, ...] = (), restored:
 
     `aliases`: further command-line flags beside `--name-with-dashes`; `restored`: whether a stored
     configuration (Chroma's) may set it when it rebuilds an encoder (never for options that let
-    untrusted files run code).
+    untrusted files run code, nor for folders of the machine that stored it).
     """
     return dataclasses.field(default=default, metadata={"help": help, "aliases": aliases, "restored": restored})
 
@@ -33,7 +34,7 @@ class EncoderOptions:
         None, "leading dimensions to keep, re-normalised (default: all)", aliases=("--dims",)
     )
     pooling: str | None = _option(None, "cls, mean, max, mean_sqrt_len_tokens or lasttoken (default: the model's)")
-    normalize: bool = _option(True, "L2-normalise the vectors")
+    normalize: bool = _option(True, "L2-normalise the vectors, cut or not (off: as the checkpoint's pipeline leaves them)")
     query_prompt: str | None = _option(None, "text put before each query (default: the model's)")
     document_prompt: str | None = _option(None, "text put before each document (default: the model's)")
     max_length: int | None = _option(None, "tokens per text, prompt included; longer texts are truncated (default: the model's)")
@@ -41,8 +42,11 @@ class EncoderOptions:
     max_batch_tokens: int | None = _option(None, "padded tokens per forward pass at most (default: 128 x batch_size)")
     device: str | None = _option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
     dtype: str | None = _option(None, "weights in float32 (default), bfloat16 or float16")
-    precision: str = _option("float32", "float32 (exact) or bf16 (bfloat16 products: about 2x faster on CPUs with native bf16)")
+    compute_precision: str = _option(
+        "float32", "float32 (exact) or bf16 (bfloat16 products: about 2x faster on CPUs with native bf16); not an output format"
+    )
     revision: str | None = _option(None, "hub revision (branch, tag or commit) of a hub id")
+    cache_folder: str | None = _option(None, "folder that hub downloads are cached in (default: the Hugging Face cache)", restored=False)
     trust_remote_code: bool = _option(False, "run the checkpoint's own Python code (auto_map)", restored=False)
     allow_pickle: bool = _option(False, "load pickle weights (*.bin), which can run code", restored=False)
     show_progress: bool = _option(
@@ -50,11 +54,13 @@ class EncoderOptions:
     )
 
     def __post_init__(self) -> None:
-        # torch.device and torch.dtype are accepted and kept as their names, so options stay plain data.
+        # torch.device, torch.dtype and Path are accepted and kept as str, so options stay plain data.
         if self.device is not None and not isinstance(self.device, str):
             object.__setattr__(self, "device", str(self.device))
         if self.dtype is not None and not isinstance(self.dtype, str):
             object.__setattr__(self, "dtype", str(self.dtype).removeprefix("torch."))
+        if isinstance(self.cache_folder, os.PathLike):
+            object.__setattr__(self, "cache_folder", os.fspath(self.cache_folder))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-__all__ = ["DTYPES", "PRECISIONS", "bf16_supported", "dtype_name", "resolve_device", "resolve_dtype", "resolve_precision"]
+__all__ = ["COMPUTE_PRECISIONS", "DTYPES", "bf16_supported", "dtype_name", "resolve_compute_precision", "resolve_device", "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -16,7 +16,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-PRECISIONS = ("float32", "bf16")
+COMPUTE_PRECISIONS = ("float32", "bf16")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -54,11 +54,11 @@ def bf16_supported(device: torch.device) -> bool:
     return True
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_compute_precision(precision: str, device: torch.device) -> str:
     """`float32` (exact) or `bf16` (autocast: bfloat16 products, float32 weights and pooling)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in COMPUTE_PRECISIONS:
+        raise ValueError(f"compute_precision must be one of {', '.join(COMPUTE_PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and not bf16_supported(device):
-        warnings.warn(f"{device} has no native bfloat16 support: precision falls back to float32", stacklevel=3)
+        warnings.warn(f"{device} has no native bfloat16 support: compute_precision falls back to float32", stacklevel=3)
         return "float32"
     return precision

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from mm2d_integrations.pooling import pooling_from_sentence_transformers
 from mm2d_integrations.source import ModelSource
 
-__all__ = ["KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "ModelSettings", "default_model", "read_sentence_transformers_settings"]
+__all__ = [
+    "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "ModelSettings", "default_model", "read_sentence_transformers_settings", "saved_prompts",
+]
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class ModelSettings:
     max_length: int | None = None
     query_prompt: str | None = None
     document_prompt: str | None = None
+    normalized: bool | None = None  # its sentence-transformers pipeline ends in Normalize
 
     def filled_from(self, fallback: ModelSettings) -> ModelSettings:
         """These settings, with every unsaid field taken from `fallback`."""
@@ -41,7 +44,8 @@ _SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
 def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
-    """Pooling, max length and prompts from the sentence-transformers files, where present."""
+    """Pooling, max length, prompts and whether vectors leave normalised, from the sentence-transformers
+    files where present."""
     modules = source.json("modules.json") or []
     pooling = None
     for module in modules:
@@ -57,13 +61,19 @@ def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
     if not modules and (pooling_config := source.json("1_Pooling/config.json")):
         pooling = pooling_from_sentence_transformers(pooling_config)
     bert_config = source.json("sentence_bert_config.json") or {}
-    prompts = (source.json("config_sentence_transformers.json") or {}).get("prompts") or {}
+    prompts = saved_prompts(source)
     return ModelSettings(
         pooling=pooling,
         max_length=bert_config.get("max_seq_length"),
         query_prompt=_first_prompt(prompts, _QUERY_PROMPT_NAMES),
         document_prompt=_first_prompt(prompts, _DOCUMENT_PROMPT_NAMES),
+        normalized=any(module.get("type", "").endswith("Normalize") for module in modules) if modules else None,
     )
+
+
+def saved_prompts(source: ModelSource) -> dict[str, str]:
+    """The named prompts of `config_sentence_transformers.json` (sentence-transformers' `prompts`)."""
+    return (source.json("config_sentence_transformers.json") or {}).get("prompts") or {}
 
 
 def _first_prompt(prompts: dict[str, str], names: tuple[str, ...]) -> str | None:

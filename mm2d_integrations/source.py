@@ -29,13 +29,16 @@ def _packaged_path(module: str) -> Path:
 
 
 class ModelSource:
-    """A checkpoint given as a local folder, a hub id (honours HF_HUB_OFFLINE) or `package:<module>`."""
+    """A checkpoint given as a local folder, a hub id (honours HF_HUB_OFFLINE) or `package:<module>`.
 
-    def __init__(self, name_or_path: str | Path, revision: str | None = None) -> None:
+    `cache_dir`: where a hub id's files are cached (default: the Hugging Face cache)."""
+
+    def __init__(self, name_or_path: str | Path, revision: str | None = None, cache_dir: str | None = None) -> None:
         if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
             raise TypeError(f"model_name_or_path must be a non-empty str or Path, got {name_or_path!r}")
         self.name = str(name_or_path)
         self.revision = revision
+        self.cache_dir = cache_dir
         if self.name.startswith(PACKAGE_PREFIX):
             self.local_dir: Path | None = _packaged_path(self.name.removeprefix(PACKAGE_PREFIX))
             return
@@ -72,7 +75,7 @@ class ModelSource:
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
-            return Path(hf_hub_download(self.name, filename, revision=self.revision))
+            return Path(hf_hub_download(self.name, filename, revision=self.revision, cache_dir=self.cache_dir))
         except EntryNotFoundError:
             return None
         except LocalEntryNotFoundError:

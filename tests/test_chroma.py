@@ -191,7 +191,7 @@ def test_config_round_trips_every_option_and_builds_nothing_until_used(monkeypat
 
     options = EncoderOptions(
         num_layers=3, dimensions=96, pooling="cls", normalize=False, query_prompt="q: ", document_prompt="d: ",
-        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", precision="bf16",
+        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", compute_precision="bf16",
     )
     function = Matryoshka2DEmbeddingFunction(MINILM, options)
     config = json.loads(json.dumps(function.get_config()))  # as chroma stores it

@@ -92,7 +92,7 @@ def _bad_values(tmp_path: Path, sts_file: Path) -> dict[str, tuple[list[str], st
         "max length 0": (["embed", "a", "b", *model, "--max-length", "0"], "max_length must be an int in [1, 1048576], got 0"),
         "unknown pooling": (["embed", "a", "b", *model, "--pooling", "median"], "pooling must be one of cls, mean, max"),
         "unknown dtype": (["embed", "a", "b", *model, "--dtype", "float8"], "dtype must be one of float32"),
-        "unknown precision": (["embed", "a", "b", *model, "--precision", "int3"], "precision must be one of float32, bf16"),
+        "unknown compute precision": (["embed", "a", "b", *model, "--compute-precision", "int3"], "compute_precision must be one of float32, bf16"),
         "missing model folder": (["embed", "a", "b", "--model", str(tmp_path / "nothing/here")], "does not exist"),
         "missing documents folder": (["index", str(tmp_path / "nope"), *model], "document folder"),
         "a file as documents folder": (["index", str(sts_file), *model], "is not a folder"),

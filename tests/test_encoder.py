@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,21 @@ def test_matches_sentence_transformers_at_every_depth_and_width(
         assert ours.shape == (len(sentences), dimensions) and ours.dtype == np.float32
         reference = expected[:, :dimensions] / np.linalg.norm(expected[:, :dimensions], axis=1, keepdims=True)
         assert (ours * reference).sum(1).min() >= 0.99999, (num_layers, dimensions)
+
+
+def test_normalize_off_is_sentence_transformers_normalize_embeddings_off(reference_model, minilm_path: Path, tmp_path: Path) -> None:
+    """A checkpoint whose pipeline ends in Normalize (MiniLM) gives unit vectors either way, as in
+    sentence-transformers; `normalize=False` then leaves a cut as it is, and one without Normalize raw."""
+    texts = ["a cat sits on the mat", "quarterly numbers", ""]
+    for dimensions in (384, 64):
+        ours = Matryoshka2DEncoder(minilm_path, normalize=False, dimensions=dimensions).encode_documents(texts)
+        theirs = reference_model.encode(texts, normalize_embeddings=False, truncate_dim=dimensions)
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    build_tiny_model(tmp_path, "bert", minilm_path, pooling="mean")
+    (tmp_path / "modules.json").write_text(json.dumps(json.loads((tmp_path / "modules.json").read_text())[:2]))
+    raw = Matryoshka2DEncoder(tmp_path, normalize=False).encode_documents(texts)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw, Matryoshka2DEncoder(tmp_path).pooled_layerwise(texts, [4])[4], atol=1e-6)
 
 
 def _spearman(first: np.ndarray, second: np.ndarray, gold: list[float]) -> float:
@@ -242,21 +258,21 @@ def test_threads_get_exactly_the_serial_results(minilm_path: Path, sentences: li
 
 
 def test_bf16_precision_stays_close_to_float32(minilm_path: Path, sentences: list[str]) -> None:
-    fast = Matryoshka2DEncoder(minilm_path, precision="bf16")
+    fast = Matryoshka2DEncoder(minilm_path, compute_precision="bf16")
     exact = Matryoshka2DEncoder(minilm_path)
-    assert fast.precision == "bf16" and fast._loaded is exact._loaded  # autocast: the same float32 weights
+    assert fast.compute_precision == "bf16" and fast._loaded is exact._loaded  # autocast: the same float32 weights
     assert (fast.encode_documents(sentences) * exact.encode_documents(sentences)).sum(1).min() >= 0.999
-    with pytest.raises(ValueError, match="precision must be one of float32, bf16, got 'int8'"):
-        Matryoshka2DEncoder(minilm_path, precision="int8")
+    with pytest.raises(ValueError, match="compute_precision must be one of float32, bf16, got 'int8'"):
+        Matryoshka2DEncoder(minilm_path, compute_precision="int8")
 
 
 def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mm2d_integrations.runtime as runtime_module
 
     monkeypatch.setattr(runtime_module, "bf16_supported", lambda device: False)
-    with pytest.warns(UserWarning, match="no native bfloat16 support: precision falls back to float32"):
-        encoder = Matryoshka2DEncoder(minilm_path, precision="bf16")
-    assert encoder.precision == "float32"
+    with pytest.warns(UserWarning, match="no native bfloat16 support: compute_precision falls back to float32"):
+        encoder = Matryoshka2DEncoder(minilm_path, compute_precision="bf16")
+    assert encoder.compute_precision == "float32"
 
 
 def test_token_budget_batches() -> None:

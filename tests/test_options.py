@@ -62,7 +62,7 @@ def test_every_option_is_a_flag_of_every_model_command() -> None:
 def test_options_round_trip_through_the_encoder(minilm_path: Path) -> None:
     given = EncoderOptions(
         num_layers=3, dimensions=96, pooling="cls", normalize=False, query_prompt="q: ", document_prompt="d: ",
-        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", precision="float32",
+        max_length=64, batch_size=7, max_batch_tokens=200, device="cpu", dtype="float32", compute_precision="float32",
     )
     assert Matryoshka2DEncoder(minilm_path, given).options == given
 
@@ -126,4 +126,16 @@ def test_options_are_plain_data() -> None:
     options = EncoderOptions(device=torch.device("cpu"), dtype=torch.bfloat16)  # type: ignore[arg-type]
     assert (options.device, options.dtype) == ("cpu", "bfloat16")
     assert dataclasses.asdict(options) == options.as_dict()
-    assert set(options.to_config()) == set(EncoderOptions.names()) - {"trust_remote_code", "allow_pickle", "show_progress"}
+    assert set(options.to_config()) == set(EncoderOptions.names()) - {"trust_remote_code", "allow_pickle", "cache_folder", "show_progress"}
+    assert EncoderOptions(cache_folder=Path("/tmp/models")).cache_folder == "/tmp/models"
+
+
+def test_cache_folder_is_where_hub_ids_are_found(tmp_path: Path, minilm_path: Path) -> None:
+    """sentence-transformers' and LlamaIndex's cache_folder: a hub cache other than the default one."""
+    build_tiny_model(tmp_path / "tiny", "bert", minilm_path, pooling="mean")
+    copy_as_hub_cache(tmp_path / "tiny", tmp_path / "cache", "owner/tiny-cached", commit="c" * 40)
+    with pytest.raises((OSError, ValueError)):
+        Matryoshka2DEncoder("owner/tiny-cached")  # offline, and not in the default cache
+    encoder = Matryoshka2DEncoder("owner/tiny-cached", cache_folder=tmp_path / "cache")
+    assert encoder.fingerprint["weights"] == "commit:" + "c" * 40 and encoder.options.cache_folder == str(tmp_path / "cache")
+    np.testing.assert_allclose(encoder.encode_documents(["x"]), Matryoshka2DEncoder(tmp_path / "tiny").encode_documents(["x"]), atol=1e-6)
