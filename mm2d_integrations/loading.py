@@ -110,14 +110,18 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    depth_argument: str = "num_layers",
 ) -> LoadedModel:
-    """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`."""
+    """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`.
+
+    `depth_argument`: the caller's name for `num_layers`, as an out-of-range error names it.
+    """
     source = ModelSource(name_or_path, revision)
     key = (source.location, revision, num_layers, str(device), dtype, trust_remote_code, allow_pickle)
     with _cache_lock:
         loaded = _cache.get(key)
         if loaded is None:
-            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle)
+            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, depth_argument)
             _cache[key] = loaded
             if num_layers is None:
                 _cache[(*key[:2], loaded.num_layers, *key[3:])] = loaded
@@ -131,6 +135,7 @@ def _load(
     dtype: torch.dtype,
     trust_remote_code: bool,
     allow_pickle: bool,
+    depth_argument: str,
 ) -> LoadedModel:
     raw_config = source.json("config.json")
     if raw_config is None:
@@ -144,7 +149,7 @@ def _load(
     config = AutoConfig.from_pretrained(source.location, revision=source.revision, trust_remote_code=trust_remote_code)
     stack = architecture_of(config, source.name)
     max_layers = int(getattr(config, stack.count_attribute))
-    kept = max_layers if num_layers is None else check_int_in_range("num_layers", num_layers, 1, max_layers)
+    kept = max_layers if num_layers is None else check_int_in_range(depth_argument, num_layers, 1, max_layers)
     setattr(config, stack.count_attribute, kept)
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:kept]
