@@ -32,17 +32,12 @@ REFUSED = r"query_num_layers=\d with num_layers=\d: model .* does not declare th
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    build_tiny_model(folder, "bert", minilm_path, pooling="mean")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def adapted(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Path:
-    """The tiny model (4 layers) with exit heads at 1 and 2 layers, none at 3."""
+def adapted(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A tiny random model (4 layers) with exit heads at 1 and 2 layers, none at 3."""
+    base = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(base, "bert", minilm_path, pooling="mean")
     out = tmp_path_factory.mktemp("adapted") / "tiny"
-    adapt(tiny_base, SENTENCES, out, layers=[1, 2], method="ridge")
+    adapt(base, SENTENCES, out, layers=[1, 2], method="ridge")
     return out
 
 
@@ -70,24 +65,24 @@ def test_documents_at_full_depth_queries_shallow_from_one_loaded_model(adapted: 
     np.testing.assert_array_equal(deeper.encode_queries(SENTENCES[:3]), full.encode_queries(SENTENCES[:3]))
 
 
-def test_a_query_depth_is_refused_where_the_model_does_not_declare_one_space(tiny_base: Path, adapted: Path) -> None:
-    with pytest.raises(ValueError, match=REFUSED + r".*Depths that share the full-depth space here: 4\. .*`mm2d adapt`"):
-        Matryoshka2DEncoder(tiny_base, query_num_layers=2)
+def test_a_query_depth_is_refused_where_the_model_does_not_declare_one_space(minilm_path: Path, adapted: Path) -> None:
+    with pytest.raises(ValueError, match=REFUSED + r".*Depths that share the full-depth space here: 6\. .*`mm2d adapt`"):
+        Matryoshka2DEncoder(minilm_path, query_num_layers=2)  # a plain model
     with pytest.raises(ValueError, match=r"query_num_layers=3 with num_layers=4.*space here: 1, 2, 4\."):
         Matryoshka2DEncoder(adapted, query_num_layers=3)  # no head at 3 layers
     with pytest.raises(ValueError, match=r"query_num_layers=2 with num_layers=3.*space here: 1, 2, 4\."):
         Matryoshka2DEncoder(adapted, num_layers=3, query_num_layers=2)
     with pytest.raises(ValueError, match=r"query_num_layers must be an int in \[1, 4\], got 5"):
         Matryoshka2DEncoder(adapted, num_layers=2, query_num_layers=5)
-    assert Matryoshka2DEncoder(tiny_base, num_layers=2, query_num_layers=2).query_num_layers == 2  # the same depth is no change
+    assert Matryoshka2DEncoder(minilm_path, num_layers=2, query_num_layers=2).query_num_layers == 2  # the same depth is no change
 
 
-def test_depths_measured_for_a_known_model_are_allowed(tiny_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(SHARED_SPACE_DEPTHS, str(tiny_base), frozenset({2}))
-    assert Matryoshka2DEncoder(tiny_base, query_num_layers=2).shared_space_depths == {2, 4}
+def test_depths_measured_for_a_known_model_are_allowed(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SHARED_SPACE_DEPTHS, str(minilm_path), frozenset({2}))
+    assert Matryoshka2DEncoder(minilm_path, query_num_layers=2).shared_space_depths == {2, 6}
 
 
-def test_both_adapters_embed_queries_at_the_query_depth(adapted: Path, tiny_base: Path) -> None:
+def test_both_adapters_embed_queries_at_the_query_depth(adapted: Path, minilm_path: Path) -> None:
     from mm2d_integrations.langchain import Matryoshka2DEmbeddings
     from mm2d_integrations.llama_index import Matryoshka2DEmbedding
 
@@ -102,12 +97,12 @@ def test_both_adapters_embed_queries_at_the_query_depth(adapted: Path, tiny_base
     np.testing.assert_allclose(llama.get_query_embedding("a question"), query, atol=1e-6)
     assert Matryoshka2DEmbeddings.from_encoder(langchain.encoder).query_num_layers == 2
     assert Matryoshka2DEmbedding.from_dict(llama.to_dict()).encoder.query_num_layers == 2
-    for build in (lambda: Matryoshka2DEmbeddings(model=tiny_base, query_num_layers=2), lambda: Matryoshka2DEmbedding(model_name=tiny_base, query_num_layers=2)):
+    for build in (lambda: Matryoshka2DEmbeddings(model=minilm_path, query_num_layers=2), lambda: Matryoshka2DEmbedding(model_name=minilm_path, query_num_layers=2)):
         with pytest.raises(ValueError, match=REFUSED):
             build()
 
 
-def test_chroma_serves_shallow_queries_on_a_full_depth_collection(adapted: Path, tiny_base: Path, tmp_path: Path) -> None:
+def test_chroma_serves_shallow_queries_on_a_full_depth_collection(adapted: Path, tmp_path: Path) -> None:
     from mm2d_integrations.langchain import Matryoshka2DEmbeddings
     from mm2d_integrations.langchain import chroma_vector_store as langchain_store
     from mm2d_integrations.llama_index import Matryoshka2DEmbedding
@@ -149,14 +144,14 @@ def test_chroma_config_round_trips_the_query_depth_and_may_change_it(adapted: Pa
 
 
 def test_embed_command_compares_a_shallow_query_with_a_full_depth_document(
-    adapted: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+    adapted: Path, minilm_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["embed", "a question", "a document", "--model", str(adapted), "--query-layers", "2"]) == 0
     printed = capsys.readouterr().out
     query = Matryoshka2DEncoder(adapted, num_layers=2).encode_queries(["a question"])[0]
     document = Matryoshka2DEncoder(adapted).encode_documents(["a document"])[0]
     assert f"cosine similarity (query A at 2 layers, document B at 4): {float(query @ document):.4f}" in printed
-    assert main(["embed", "a", "b", "--model", str(tiny_base), "--query-num-layers", "2"]) == 2
+    assert main(["embed", "a", "b", "--model", str(minilm_path), "--query-num-layers", "2"]) == 2
     assert re.search("mm2d: error: " + REFUSED, capsys.readouterr().err)
 
 
@@ -190,3 +185,40 @@ def test_ask_with_shallow_queries_on_a_full_depth_index(
     assert depths == [2] * 2 * len(QUESTIONS)
     assert main(["ask", "What caused the outage in February?", "--query-layers", "3", *where]) == 2
     assert re.search(r"mm2d: error: query_num_layers=3 with num_layers=6.*space here: 2, 6\.", capsys.readouterr().err)
+
+
+def _corpus_set(folder: Path) -> Path:
+    """The test corpus as a BEIR folder: each question asks for its document."""
+    from tests.test_evaluation_datasets import write_beir
+
+    questions = [{"_id": f"q{index}", "text": question} for index, question in enumerate(QUESTIONS)]
+    qrels = "".join(f"q{index}\t{key}\t1\n" for index, key in enumerate(QUESTIONS.values()))
+    return write_beir(folder, [{"_id": key, "text": text} for key, text in DOCUMENTS.items()], questions, "query-id\tcorpus-id\tscore\n" + qrels)
+
+
+def test_eval_retrieval_cross_depth_rows_beside_the_grid(adapted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mm2d_integrations.evaluation.datasets import read_beir
+    from mm2d_integrations.evaluation.ranking import retrieval_scores
+
+    folder = _corpus_set(tmp_path / "beir")
+    arguments = ["eval", "retrieval", str(folder), "--model", str(adapted), "--layers", "4", "2", "1", "--dims", "32", "16"]
+    assert main([*arguments, "--cross-depth", "--json", str(tmp_path / "grid.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "cross-depth retrieval nDCG@10 x100: documents at 4 layers, queries at the layers of each row" in printed
+    assert re.search(r"\nqueries +32 +16\n +2 +\d+\.\d\d \([+-]\d+\.\d%\) .*\n +1 ", printed)
+    written = json.loads((tmp_path / "grid.json").read_text())
+    assert list(written) == ["model", "task", "metric", "results", "seconds"]
+    same = [row for row in written["results"] if "query_layers" not in row]
+    crossed = [row for row in written["results"] if "query_layers" in row]
+    assert {(row["layers"], row["dimensions"]) for row in same} == {(depth, width) for depth in (4, 2, 1) for width in (32, 16)}
+    assert all(list(row) == ["layers", "dimensions", "score"] for row in same)
+    assert all(list(row) == ["layers", "query_layers", "dimensions", "score"] for row in crossed)
+    assert {(row["layers"], row["query_layers"], row["dimensions"]) for row in crossed} == {(4, d, w) for d in (2, 1) for w in (32, 16)}
+    dataset = read_beir(folder)
+    queries = Matryoshka2DEncoder(adapted, query_num_layers=2, dimensions=16).encode_queries(dataset.queries)
+    documents = Matryoshka2DEncoder(adapted, dimensions=16).encode_documents(dataset.documents)
+    expected = retrieval_scores(queries, documents, dataset, np.full(len(queries), -1))["nDCG@10"]
+    assert next(row["score"] for row in crossed if (row["query_layers"], row["dimensions"]) == (2, 16)) == pytest.approx(expected, abs=1e-6)
+    assert next(row["score"] for row in same if (row["layers"], row["dimensions"]) == (2, 16)) != pytest.approx(expected, abs=1e-6)
+    assert main([*arguments[:-5], "--layers", "4", "--cross-depth"]) == 2
+    assert "--cross-depth needs a --layers depth below the deepest one" in capsys.readouterr().err
