@@ -294,16 +294,17 @@ class Matryoshka2DEncoder:
 
     @torch.inference_mode()
     def _forward(self, token_ids: list[list[int]], num_layers: list[int]) -> dict[int, np.ndarray]:
+        """Pooled vectors at each of `num_layers` (ascending). One depth runs only its layers (queries
+        shallower than the loaded model included); several run every loaded layer and read each off."""
         input_ids, attention_mask = self._pad(token_ids)
-        loaded = self._loaded.num_layers
+        single = len(num_layers) == 1
+        deepest = num_layers[0] if single else self._loaded.num_layers
         with self._autocast():
-            output = self._loaded.model(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=num_layers != [loaded]
-            )
+            output = self._loaded.cut(deepest)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
         final_norm = self._loaded.final_norm
         pooled = {}
         for kept in num_layers:
-            if kept == loaded:
+            if kept == deepest:
                 hidden = output.last_hidden_state
             else:
                 hidden = output.hidden_states[kept]

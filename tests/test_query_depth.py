@@ -56,6 +56,17 @@ def test_documents_at_full_depth_queries_shallow_from_one_loaded_model(adapted: 
     np.testing.assert_array_equal(encoder.encode_documents(SENTENCES[:5]), full.encode_documents(SENTENCES[:5]))
     np.testing.assert_allclose(encoder.encode_queries(SENTENCES[:5]), shallow.encode_queries(SENTENCES[:5]), atol=1e-6)
     assert encoder.transformer_layers is full.transformer_layers  # one model, loaded once, serves both depths
+    ran: list[int] = []
+    hooks = [layer.register_forward_hook(lambda *_, index=index: ran.append(index)) for index, layer in enumerate(encoder.transformer_layers)]
+    try:
+        encoder.encode_queries(["one question"])  # queries run their 2 layers only: that is what makes them faster
+        assert ran == [0, 1]
+        encoder.encode_documents(["one document"])
+        assert ran == [0, 1, 0, 1, 2, 3]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(encoder.transformer_layers) == 4
     assert encoder.fingerprint == full.fingerprint  # the documents' space
     assert encoder.options.query_num_layers == 2 and full.options.query_num_layers is None
     assert "query_num_layers=2" in repr(encoder)
