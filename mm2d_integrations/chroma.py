@@ -3,6 +3,8 @@
 A collection records the configuration of the encoder that filled it (weights, num_layers,
 dimensions, pooling, prompts ...). Opening it with another configuration fails before anything
 is written: same dimensions at another depth give vectors of the same shape but another space.
+The depth of queries (`query_num_layers`) is not part of that space: the encoder only accepts a
+query depth whose vectors land in the documents' space, so any may search the collection.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
             raise ValueError(f"mm2d embedding function config lacks {', '.join(missing)}")
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
-        """Only changes that leave the vectors as they are (batch size, device, dtype) are allowed."""
+        """Only changes that leave the stored vectors' space as it is (batch size, device, dtype, the query
+        depth) are allowed."""
         differences = space_differences(old_config, new_config)
         if differences:
             raise EmbeddingSpaceMismatch(
@@ -273,13 +276,18 @@ def open_store(
     return client, open_collection(embedder, collection_name or DEFAULT_COLLECTION, client=client)
 
 
-def stored_embedding_function(name: str = DEFAULT_COLLECTION, *, client: ClientAPI) -> Matryoshka2DEmbeddingFunction:
-    """The embedding function a collection was built with, rebuilt (and checked) from what it recorded."""
+def stored_embedding_function(
+    name: str = DEFAULT_COLLECTION, *, client: ClientAPI, query_num_layers: int | None = None
+) -> Matryoshka2DEmbeddingFunction:
+    """The embedding function a collection was built with, rebuilt (and checked) from what it recorded;
+    with queries at `query_num_layers` when given (the recorded query depth otherwise)."""
     stored = client.get_collection(name, embedding_function=None).metadata or {}
     if FINGERPRINT_KEY not in stored:
         raise EmbeddingSpaceMismatch(f"collection {name!r} was not indexed by mm2d: it records no embedding configuration")
     config = json.loads(stored[FINGERPRINT_KEY])
     Matryoshka2DEmbeddingFunction.validate_config(config)
+    if query_num_layers is not None:
+        config["query_num_layers"] = query_num_layers
     return Matryoshka2DEmbeddingFunction(encoder=_rebuild(config))  # built now: a model that no longer matches fails here
 
 

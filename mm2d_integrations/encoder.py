@@ -23,6 +23,7 @@ from mm2d_integrations.loading import LoadedModel, load_model
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.pooling import check_pooling, pool
 from mm2d_integrations.runtime import dtype_name, resolve_compute_precision, resolve_device, resolve_dtype
+from mm2d_integrations.settings import SHARED_SPACE_DEPTHS
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
@@ -74,9 +75,19 @@ async def _off_loop(function: Callable[[Sequence[str]], np.ndarray], texts: Sequ
     return await asyncio.get_running_loop().run_in_executor(_WORKERS, function, texts)
 
 
+def _depth_to_load(num_layers: Any, query_num_layers: Any) -> tuple[int | None, str]:
+    """The depth to load (None: all layers), the deeper of documents' and queries', and its option's name."""
+    if num_layers is None:
+        return None, "num_layers"
+    deeper_queries = isinstance(query_num_layers, int) and isinstance(num_layers, int) and query_num_layers > num_layers
+    return (query_num_layers, "query_num_layers") if deeper_queries else (num_layers, "num_layers")
+
+
 class Matryoshka2DEncoder:
     """A sentence embedder cut in depth (`num_layers`) and width (`dimensions`).
 
+    Queries may run at another depth (`query_num_layers`) where the model declares that both depths
+    share one embedding space (`shared_space_depths`); one model, cut to the deeper, serves both.
     Texts longer than `max_length` tokens (prompt included) are truncated.
     """
 
@@ -92,9 +103,10 @@ class Matryoshka2DEncoder:
         self.device = resolve_device(given.device)
         self.dtype = resolve_dtype(given.dtype)
         self.compute_precision = resolve_compute_precision(given.compute_precision, self.device)
+        depth, depth_argument = _depth_to_load(given.num_layers, given.query_num_layers)
         self._loaded: LoadedModel = load_model(
             model_name_or_path,
-            num_layers=given.num_layers,
+            num_layers=depth,
             device=self.device,
             dtype=self.dtype,
             revision=given.revision,
@@ -102,7 +114,16 @@ class Matryoshka2DEncoder:
             allow_pickle=given.allow_pickle,
             show_progress=given.show_progress,
             cache_folder=given.cache_folder,
+            depth_argument=depth_argument,
         )
+        loaded = self._loaded.num_layers
+        self._num_layers = loaded if given.num_layers is None else check_int_in_range("num_layers", given.num_layers, 1, loaded)
+        self._query_num_layers = (
+            self._num_layers
+            if given.query_num_layers is None
+            else check_int_in_range("query_num_layers", given.query_num_layers, 1, loaded)
+        )
+        self._check_query_depth()
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
         self.show_progress = bool(given.show_progress)
@@ -131,7 +152,32 @@ class Matryoshka2DEncoder:
 
     @property
     def num_layers(self) -> int:
-        return self._loaded.num_layers
+        """The depth of documents, and of the vector space (the fingerprint's)."""
+        return self._num_layers
+
+    @property
+    def query_num_layers(self) -> int:
+        """The depth of queries: `num_layers` unless asked otherwise."""
+        return self._query_num_layers
+
+    @property
+    def shared_space_depths(self) -> frozenset[int]:
+        """Depths whose vectors land in the full-depth space, so that any two of them may serve documents
+        and queries: full depth, each depth with an exit head (`mm2d adapt`), and those measured for a
+        known model (`settings.SHARED_SPACE_DEPTHS`)."""
+        measured = SHARED_SPACE_DEPTHS.get(self.model_name, frozenset())
+        return frozenset({self.max_layers, *self._loaded.exit_heads.heads, *measured})
+
+    def _check_query_depth(self) -> None:
+        if self.query_num_layers == self.num_layers or {self.query_num_layers, self.num_layers} <= self.shared_space_depths:
+            return
+        shared = ", ".join(str(depth) for depth in sorted(self.shared_space_depths))
+        raise ValueError(
+            f"query_num_layers={self.query_num_layers} with num_layers={self.num_layers}: model {self.model_name!r} does "
+            f"not declare that these depths share one embedding space, so such queries would not match the documents. "
+            f"Depths that share the full-depth space here: {shared}. Leave query_num_layers unset, or give the model "
+            "exit heads for the depths you want with `mm2d adapt`"
+        )
 
     @property
     def max_layers(self) -> int:
@@ -175,6 +221,7 @@ class Matryoshka2DEncoder:
         return EncoderOptions.of(
             self._given,
             num_layers=self.num_layers,
+            query_num_layers=None if self.query_num_layers == self.num_layers else self.query_num_layers,
             dimensions=self.dimensions,
             pooling=self.pooling,
             query_prompt=self.query_prompt,
@@ -185,7 +232,9 @@ class Matryoshka2DEncoder:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        """What determines the vectors: two encoders with equal fingerprints share one embedding space."""
+        """What determines the vectors: two encoders with equal fingerprints share one embedding space.
+
+        That of the documents: a query depth in the same space (`shared_space_depths`) changes nothing stored."""
         return {
             "model": self.model_name,
             "weights": self._loaded.weights_id,
@@ -215,8 +264,8 @@ class Matryoshka2DEncoder:
         return self.encode(texts, prompt=self.document_prompt, show_progress=show_progress)
 
     def encode_queries(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
-        """Query vectors (the query prompt prepended), shape (n, dimensions), float32."""
-        return self.encode(texts, prompt=self.query_prompt, show_progress=show_progress)
+        """Query vectors (the query prompt prepended, at `query_num_layers`), shape (n, dimensions), float32."""
+        return self.encode(texts, prompt=self.query_prompt, num_layers=self.query_num_layers, show_progress=show_progress)
 
     async def aencode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """`encode_documents` on a worker thread, so the event loop keeps running."""
@@ -226,9 +275,11 @@ class Matryoshka2DEncoder:
         """`encode_queries` on a worker thread, so the event loop keeps running."""
         return await _off_loop(self.encode_queries, texts)
 
-    def encode(self, texts: Sequence[str], *, prompt: str = "", show_progress: bool | None = None) -> np.ndarray:
-        vectors = self.encode_layerwise(texts, [self.num_layers], prompt=prompt, show_progress=show_progress)
-        return truncate_dimensions(vectors[self.num_layers], self.dimensions, self.normalize)
+    def encode(self, texts: Sequence[str], *, prompt: str = "", num_layers: int | None = None, show_progress: bool | None = None) -> np.ndarray:
+        """Vectors of `texts` with `prompt` prepended, at `num_layers` (default: the documents' depth)."""
+        depth = self.num_layers if num_layers is None else num_layers
+        vectors = self.encode_layerwise(texts, [depth], prompt=prompt, show_progress=show_progress)
+        return truncate_dimensions(vectors[depth], self.dimensions, self.normalize)
 
     def encode_layerwise(
         self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool | None = None
@@ -253,9 +304,10 @@ class Matryoshka2DEncoder:
         `mm2d adapt` fits its heads on."""
         show_progress = self.show_progress if show_progress is None else show_progress
         checked = check_texts(texts)
-        wanted = sorted({check_int_in_range("num_layers", kept, 1, self.num_layers) for kept in num_layers})
+        loaded = self._loaded.num_layers
+        wanted = sorted({check_int_in_range("num_layers", kept, 1, loaded) for kept in num_layers})
         if not wanted:
-            raise ValueError(f"num_layers must name at least one value in [1, {self.num_layers}]")
+            raise ValueError(f"num_layers must name at least one value in [1, {loaded}]")
         results = {kept: np.empty((len(checked), self.max_dimensions), np.float32) for kept in wanted}
         token_ids = self._token_ids([prompt + text for text in checked])
         batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
@@ -289,15 +341,17 @@ class Matryoshka2DEncoder:
 
     @torch.inference_mode()
     def _forward(self, token_ids: list[list[int]], num_layers: list[int]) -> dict[int, np.ndarray]:
+        """Pooled vectors at each of `num_layers` (ascending). One depth runs only its layers (queries
+        shallower than the loaded model included); several run every loaded layer and read each off."""
         input_ids, attention_mask = self._pad(token_ids)
+        single = len(num_layers) == 1
+        deepest = num_layers[0] if single else self._loaded.num_layers
         with self._autocast():
-            output = self._loaded.model(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=num_layers != [self.num_layers]
-            )
+            output = self._loaded.cut(deepest)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
         final_norm = self._loaded.final_norm
         pooled = {}
         for kept in num_layers:
-            if kept == self.num_layers:
+            if kept == deepest:
                 hidden = output.last_hidden_state
             else:
                 hidden = output.hidden_states[kept]
@@ -308,8 +362,9 @@ class Matryoshka2DEncoder:
         return pooled
 
     def __repr__(self) -> str:
+        queries = f", query_num_layers={self.query_num_layers}" if self.query_num_layers != self.num_layers else ""
         return (
-            f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}, "
+            f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}{queries}, "
             f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
         )
 

@@ -2,11 +2,13 @@
 
 The transformer is loaded with its config cut to `num_layers`, so the dropped layers' weights are
 never materialised; loaded models are shared by every encoder of this process that asks for the
-same checkpoint, depth, device and dtype.
+same checkpoint, depth, device and dtype. A pass that needs fewer layers than were loaded (queries
+at their own, shallower depth) runs a view of the model that stops there, sharing every weight.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import weakref
@@ -24,7 +26,7 @@ from mm2d_integrations.settings import KNOWN_MODELS, ModelSettings, read_sentenc
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range
 
-__all__ = ["ARCHITECTURES", "LayerStack", "LoadedModel", "architecture_of", "layer_list", "load_model"]
+__all__ = ["ARCHITECTURES", "LayerStack", "LoadedModel", "architecture_of", "cut_config", "layer_list", "load_model", "shallow_view"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,34 @@ def layer_list(model: torch.nn.Module, stack: LayerStack) -> torch.nn.ModuleList
     return module
 
 
+def cut_config(config: Any, stack: LayerStack, depth: int) -> None:
+    """Make `config` describe the first `depth` layers only."""
+    setattr(config, stack.count_attribute, depth)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:depth]
+
+
+def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int) -> PreTrainedModel:
+    """`model` running only its first `depth` layers: shallow copies of the modules on the way to the
+    layer list, which holds the first `depth` layer modules themselves, so that no weight is copied.
+
+    For passes that read the last hidden state only: asked for hidden states, transformers would hook
+    the shared layers a second time.
+    """
+    view = copy.copy(model)
+    view.config = copy.deepcopy(model.config)
+    cut_config(view.config, stack, depth)
+    parent: torch.nn.Module = view
+    for attribute in stack.layers_path[:-1]:
+        parent._modules = dict(parent._modules)  # the copy's own children, so replacing one leaves the model as it is
+        child = copy.copy(parent._modules[attribute])
+        parent._modules[attribute] = child
+        parent = child
+    parent._modules = dict(parent._modules)
+    parent._modules[stack.layers_path[-1]] = torch.nn.ModuleList(list(layer_list(model, stack))[:depth])
+    return view
+
+
 @dataclass
 class LoadedModel:
     """A tokenizer and a transformer cut to `num_layers`, shared by every encoder that asks for it."""
@@ -79,6 +109,7 @@ class LoadedModel:
     settings: ModelSettings
     exit_heads: ExitHeads = field(default_factory=ExitHeads)  # learned by `mm2d adapt`; none for most models
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    _views: dict[int, PreTrainedModel] = field(default_factory=dict, repr=False)
 
     @property
     def hidden_size(self) -> int:
@@ -91,6 +122,14 @@ class LoadedModel:
     @property
     def layers(self) -> torch.nn.ModuleList:
         return layer_list(self.model, self.stack)
+
+    def cut(self, depth: int) -> PreTrainedModel:
+        """The model running its first `depth` layers (see `shallow_view`); itself at the loaded depth."""
+        if depth == self.num_layers:
+            return self.model
+        if depth not in self._views:  # two threads may both build one: equal views, either will do
+            self._views[depth] = shallow_view(self.model, self.stack, check_int_in_range("depth", depth, 1, self.num_layers))
+        return self._views[depth]
 
     @property
     def final_norm(self) -> torch.nn.Module | None:
@@ -112,15 +151,19 @@ def load_model(
     allow_pickle: bool = False,
     cache_folder: str | None = None,
     show_progress: bool = False,
+    depth_argument: str = "num_layers",
 ) -> LoadedModel:
     """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`;
-    transformers' loading progress bar only with `show_progress`."""
+    transformers' loading progress bar only with `show_progress`.
+
+    `depth_argument`: the caller's name for `num_layers`, as an out-of-range error names it.
+    """
     source = ModelSource(name_or_path, revision, cache_folder)
     key = (source.location, revision, cache_folder, num_layers, str(device), dtype, trust_remote_code, allow_pickle)
     with _cache_lock:
         loaded = _cache.get(key)
         if loaded is None:
-            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress)
+            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress, depth_argument)
             _cache[key] = loaded
             if num_layers is None:
                 _cache[(*key[:3], loaded.num_layers, *key[4:])] = loaded
@@ -135,6 +178,7 @@ def _load(
     trust_remote_code: bool,
     allow_pickle: bool,
     show_progress: bool,
+    depth_argument: str,
 ) -> LoadedModel:
     raw_config = source.json("config.json")
     if raw_config is None:
@@ -149,10 +193,8 @@ def _load(
     config = AutoConfig.from_pretrained(source.location, **hub)
     stack = architecture_of(config, source.name)
     max_layers = int(getattr(config, stack.count_attribute))
-    kept = max_layers if num_layers is None else check_int_in_range("num_layers", num_layers, 1, max_layers)
-    setattr(config, stack.count_attribute, kept)
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:kept]
+    kept = max_layers if num_layers is None else check_int_in_range(depth_argument, num_layers, 1, max_layers)
+    cut_config(config, stack, kept)
     verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # the dropped layers' weights are 'unused' on purpose
     if not show_progress:

@@ -33,6 +33,12 @@ class EncoderOptions:
     dimensions: int | None = _option(
         None, "leading dimensions to keep, re-normalised (default: all)", aliases=("--dims",)
     )
+    query_num_layers: int | None = _option(
+        None,
+        "transformer layers for queries, documents keeping num_layers; only between depths that share one "
+        "embedding space, such as those of a model adapted by mm2d adapt (default: num_layers)",
+        aliases=("--query-layers",),
+    )
     pooling: str | None = _option(None, "cls, mean, max, mean_sqrt_len_tokens or lasttoken (default: the model's)")
     normalize: bool = _option(True, "L2-normalise the vectors, cut or not (off: as the checkpoint's pipeline leaves them)")
     query_prompt: str | None = _option(None, "text put before each query (default: the model's)")

@@ -9,7 +9,8 @@ from mm2d_integrations.pooling import pooling_from_sentence_transformers
 from mm2d_integrations.source import ModelSource
 
 __all__ = [
-    "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "ModelSettings", "default_model", "read_sentence_transformers_settings", "saved_prompts",
+    "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "SHARED_SPACE_DEPTHS", "ModelSettings", "default_model",
+    "read_sentence_transformers_settings", "saved_prompts",
 ]
 
 
@@ -37,6 +38,13 @@ KNOWN_MODELS: dict[str, ModelSettings] = {
     "mixedbread-ai/mxbai-embed-large-v1": ModelSettings(pooling="cls", max_length=512, query_prompt=MXBAI_QUERY_PROMPT),
     "sentence-transformers/all-MiniLM-L6-v2": ModelSettings(pooling="mean", max_length=256),
 }
+
+# Depths measured to share the full-depth embedding space, by hub id: queries there may search
+# documents embedded at full depth (`query_num_layers`). Only measured entries belong here. It is
+# empty: 2D training (mxbai-embed-2d-large-v1) makes each depth a good embedding on its own, which
+# does not by itself put two depths in one space, and no 2D model can be measured on this project's
+# machines. A folder made by `mm2d adapt` needs no entry: its exit heads declare their depths.
+SHARED_SPACE_DEPTHS: dict[str, frozenset[int]] = {}
 
 _QUERY_PROMPT_NAMES = ("query",)
 _DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus", "text")

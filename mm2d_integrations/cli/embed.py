@@ -1,4 +1,5 @@
-"""`mm2d embed A B`: embed two texts and print their cosine similarity."""
+"""`mm2d embed A B`: embed two texts and print their cosine similarity; with a query depth of its
+own (`--query-layers`), A is the query and B the document."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ __all__ = ["add_embed_command"]
 
 
 def add_embed_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("embed", help="embed two texts and print their cosine similarity")
+    parser = commands.add_parser(
+        "embed", help="embed two texts and print their cosine similarity (with --query-layers: A as the query, B as the document)"
+    )
     parser.add_argument("text_a")
     parser.add_argument("text_b")
     add_encoder_options(parser)
@@ -23,6 +26,11 @@ def add_embed_command(commands: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))
-    first, second = encoder.encode_documents([args.text_a, args.text_b])
-    print(f"{encoder}\ncosine similarity: {float(np.dot(first, second)):.4f}")
+    if encoder.query_num_layers == encoder.num_layers:
+        first, second = encoder.encode_documents([args.text_a, args.text_b])
+        compared = ""
+    else:
+        first, second = encoder.encode_queries([args.text_a])[0], encoder.encode_documents([args.text_b])[0]
+        compared = f" (query A at {encoder.query_num_layers} layers, document B at {encoder.num_layers})"
+    print(f"{encoder}\ncosine similarity{compared}: {float(np.dot(first, second)):.4f}")
     return 0

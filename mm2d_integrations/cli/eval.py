@@ -42,7 +42,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     for name, task in TASKS.items():
         parser = tasks.add_parser(name, help=f"on a {task.data}")
         parser.add_argument("data", metavar=task.metavar, type=Path, help=task.data)
-        add_encoder_options(parser, several=True)
+        add_encoder_options(parser, several=True, exclude=("query_num_layers",))  # --cross-depth measures it
         parser.add_argument("--json", type=Path, default=None, help="also write the grid here as JSON")
         parser.add_argument("--plot", type=Path, default=None, help="also draw the grid here as a heatmap (.png)")
         if name == "retrieval":
@@ -50,6 +50,11 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
                 "--funnel", action="append", default=[], metavar="DIMSxFACTOR",
                 help="also measure funnel retrieval: shortlist 10 x FACTOR by the first DIMS dimensions, re-rank by "
                 "the widest --dimensions (e.g. 64x10; repeatable)",
+            )
+            parser.add_argument(
+                "--cross-depth", action="store_true",
+                help="also score documents at the deepest --layers against queries at each shallower one (what "
+                "--query-layers gives on a collection indexed at full depth; meaningful for a model from mm2d adapt)",
             )
         parser.set_defaults(run=_run)
 
@@ -61,7 +66,9 @@ def _run(args: argparse.Namespace) -> int:
     data = task.read(args.data)  # before loading the model, so that a bad file fails at once
     options = options_from(args, num_layers=max(args.num_layers) if args.num_layers else None, dimensions=None)
     encoder = Matryoshka2DEncoder(args.model or default_model(), options)
-    extra = {"funnels": funnels} if funnels else {}
+    extra: dict[str, Any] = {"funnels": funnels} if funnels else {}
+    if getattr(args, "cross_depth", False):
+        extra["cross_depth"] = True
     result = task.evaluate(encoder, data, args.num_layers, args.dimensions, show_progress=progress(args), **extra)
     print(format_report(result))
     if args.json:
@@ -77,6 +84,8 @@ def _check_before_encoding(args: argparse.Namespace) -> None:
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(f"mm2d eval {args.task} needs {' and '.join(missing)}: pip install 'mm2d-integrations[eval]'")
+    if getattr(args, "cross_depth", False) and args.num_layers and len(set(args.num_layers)) < 2:
+        raise ValueError("--cross-depth needs a --layers depth below the deepest one, the documents' (e.g. --layers 6 3 1)")
     if args.plot and args.plot.suffix.lower() != ".png":
         raise ValueError(f"--plot must name a .png file, got {str(args.plot)!r}")
     for option, path in (("--json", args.json), ("--plot", args.plot)):

@@ -15,14 +15,14 @@ LIST_VALUED = ("num_layers", "dimensions")
 
 
 def add_encoder_options(
-    parser: argparse.ArgumentParser, *, several: bool = False, only: Collection[str] | None = None
+    parser: argparse.ArgumentParser, *, several: bool = False, only: Collection[str] | None = None, exclude: Collection[str] = ()
 ) -> None:
-    """`--model` and the encoder options (all, or those named in `only`). With `several`, num_layers
-    and dimensions take lists (the evaluation grid's axes)."""
+    """`--model` and the encoder options (all, or those named in `only`, less those in `exclude`). With
+    `several`, num_layers and dimensions take lists (the evaluation grid's axes)."""
     parser.add_argument("--model", default=None, help="hub id or folder (default: the packaged all-MiniLM-L6-v2)")
     group = parser.add_argument_group("encoder options")
     for spec in option_specs():
-        if only is not None and spec.name not in only:
+        if (only is not None and spec.name not in only) or spec.name in exclude:
             continue
         if spec.kind is bool:
             group.add_argument(*spec.flags, dest=spec.name, default=None, action=argparse.BooleanOptionalAction, help=spec.help)

@@ -10,12 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import BeirSet
-from mm2d_integrations.evaluation.grid import grid_axes
-from mm2d_integrations.evaluation.ranking import retrieval_scores
+from mm2d_integrations.evaluation.grid import evaluate_retrieval
 
 __all__ = ["DepthScores", "evaluate_depths"]
 
@@ -31,16 +28,15 @@ class DepthScores:
 def evaluate_depths(
     encoder: Matryoshka2DEncoder, dataset: BeirSet, layers: Sequence[int] | None = None, *, show_progress: bool = False
 ) -> DepthScores:
-    """Every metric of `evaluate_retrieval`, same-depth and cross-depth, for each depth (default all)."""
-    depths, _ = grid_axes(encoder, layers, [encoder.max_dimensions])
-    full = encoder.num_layers
-    documents = encoder.encode_layerwise(
-        dataset.documents, {*depths, full}, prompt=encoder.document_prompt, show_progress=show_progress
-    )
-    queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
-    position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
-    own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
-    return DepthScores(
-        same_depth={depth: retrieval_scores(queries[depth], documents[depth], dataset, own) for depth in depths},
-        cross_depth={depth: retrieval_scores(queries[depth], documents[full], dataset, own) for depth in depths},
-    )
+    """Every metric of `evaluate_retrieval`, same-depth and cross-depth, for each depth (default all),
+    by depth: the grid's cross-depth cells at full width (at the encoder's own depth, both are one)."""
+    width = encoder.max_dimensions
+    result = evaluate_retrieval(encoder, dataset, layers, [width], cross_depth=True, show_progress=show_progress)
+    assert result.cross_depth is not None
+    same = {depth: {metric: cells[depth, width] for metric, cells in result.scores.items()} for depth in result.layers}
+    crossed = {
+        depth: {metric: cells[depth, width] for metric, cells in result.cross_depth.scores.items()}
+        for depth in result.layers
+        if depth < encoder.num_layers
+    }
+    return DepthScores(same_depth=same, cross_depth={**same, **crossed})

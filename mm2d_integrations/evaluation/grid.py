@@ -2,7 +2,8 @@
 
 Every requested depth comes out of the same pass (`encode_layerwise`) and every width is a slice of
 it, so the whole grid costs about what its deepest row alone costs, and each cell equals what an
-encoder cut to that depth and width gives.
+encoder cut to that depth and width gives. Retrieval can also score cross-depth cells from the same
+pass: documents at the encoder's depth, queries shallower (`query_num_layers`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ from mm2d_integrations.evaluation.timing import LayerClock
 from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.validation import check_int_in_range
 
-__all__ = ["STS_METRIC", "Cell", "GridResult", "evaluate_retrieval", "evaluate_sts", "grid_axes"]
+__all__ = ["STS_METRIC", "Cell", "CrossDepth", "GridResult", "evaluate_retrieval", "evaluate_sts", "grid_axes"]
 
 Cell = tuple[int, int]  # (layers, dimensions)
 STS_METRIC = "cosine Spearman"
+
+
+@dataclass(frozen=True)
+class CrossDepth:
+    """Retrieval with documents at `document_layers` and queries at each shallower depth evaluated:
+    what an encoder with that `query_num_layers` gives on a collection indexed at `document_layers`."""
+
+    document_layers: int
+    scores: dict[str, dict[Cell, float]]  # metric -> (query layers, dimensions) -> score x100; the primary metric first
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class GridResult:
     layer_seconds: dict[int, float]  # num_layers -> seconds an encoder cut there needs for the texts (LayerClock)
     seconds: float  # encoding and scoring; loading the model excluded
     funnels: list[FunnelResult] = field(default_factory=list)  # retrieval only: each funnel at each depth
+    cross_depth: CrossDepth | None = None  # retrieval only, when asked for
 
     @property
     def metric(self) -> str:
@@ -117,34 +128,53 @@ def evaluate_retrieval(
     dimensions: Sequence[int] | None = None,
     *,
     funnels: Sequence[Funnel] = (),
+    cross_depth: bool = False,
     show_progress: bool = False,
 ) -> GridResult:
     """nDCG@10, Recall@100 and MRR@10 x100 of every cell, ranking the whole corpus by exact cosine;
-    and each funnel at each depth, re-ranking by the widest width evaluated (see `evaluation.funnel`)."""
+    each funnel at each depth, re-ranking by the widest width evaluated (see `evaluation.funnel`);
+    with `cross_depth`, every cell of each depth below the encoder's again, documents at the encoder's depth."""
     started = time.perf_counter()
     depths, widths = grid_axes(encoder, layers, dimensions)
     funnels = [funnel.check(widths[0]) for funnel in funnels]
+    full = encoder.num_layers
     texts = len(dataset.documents) + len(dataset.queries)
     with LayerClock(encoder) as clock:
         documents = encoder.encode_layerwise(
-            dataset.documents, depths, prompt=encoder.document_prompt, show_progress=show_progress
+            dataset.documents, {*depths, full} if cross_depth else depths, prompt=encoder.document_prompt, show_progress=show_progress
         )
         queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
     position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
     own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
-    scores: dict[str, dict[Cell, float]] = {name: {} for name in RETRIEVAL_METRICS}
-    for depth in depths:
-        for width in widths:
-            kept_queries = truncate_dimensions(queries[depth], width)
-            kept_documents = truncate_dimensions(documents[depth], width)
-            for name, score in retrieval_scores(kept_queries, kept_documents, dataset, own).items():
-                scores[name][depth, width] = score
+    scores = _retrieval_cells(queries, documents, dataset, own, depths, widths)
     measured = [
         evaluate_funnel(queries[depth], documents[depth], dataset, own, funnel, depth, widths[0])
         for depth in depths
         for funnel in funnels
     ]
-    return _result(encoder, "retrieval", scores, depths, texts, clock, started, measured)
+    shallower = [depth for depth in depths if depth < full]
+    crossed = CrossDepth(full, _retrieval_cells(queries, documents, dataset, own, shallower, widths, full)) if cross_depth else None
+    return _result(encoder, "retrieval", scores, depths, texts, clock, started, measured, crossed)
+
+
+def _retrieval_cells(
+    queries: dict[int, np.ndarray],
+    documents: dict[int, np.ndarray],
+    dataset: BeirSet,
+    own: np.ndarray,
+    depths: list[int],
+    widths: list[int],
+    document_depth: int | None = None,
+) -> dict[str, dict[Cell, float]]:
+    """Every metric of each (query depth, width), documents at `document_depth` (default: the query's depth)."""
+    scores: dict[str, dict[Cell, float]] = {name: {} for name in RETRIEVAL_METRICS}
+    for depth in depths:
+        for width in widths:
+            kept_queries = truncate_dimensions(queries[depth], width)
+            kept_documents = truncate_dimensions(documents[depth if document_depth is None else document_depth], width)
+            for name, score in retrieval_scores(kept_queries, kept_documents, dataset, own).items():
+                scores[name][depth, width] = score
+    return scores
 
 
 def _result(
@@ -156,6 +186,7 @@ def _result(
     clock: LayerClock,
     started: float,
     funnels: list[FunnelResult] | None = None,
+    cross_depth: CrossDepth | None = None,
 ) -> GridResult:
     return GridResult(
         model=encoder.model_name,
@@ -167,4 +198,5 @@ def _result(
         layer_seconds={depth: clock.seconds_at(depth) for depth in depths},
         seconds=time.perf_counter() - started,
         funnels=funnels or [],
+        cross_depth=cross_depth,
     )

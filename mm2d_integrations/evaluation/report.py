@@ -8,16 +8,19 @@ from typing import Any
 
 import numpy as np
 
-from mm2d_integrations.evaluation.grid import GridResult
+from mm2d_integrations.evaluation.grid import Cell, CrossDepth, GridResult
 
 __all__ = ["change", "format_report", "save_heatmap", "to_json"]
 
 
 def change(result: GridResult, metric: str, layers: int, dimensions: int) -> float:
     """The cell's change in % against the reference cell (NaN when the reference scores 0)."""
-    cells = result.scores[metric]
-    reference = cells[result.reference]
-    return 100 * (cells[layers, dimensions] - reference) / abs(reference) if reference else math.nan
+    return _against_reference(result, metric, result.scores[metric][layers, dimensions])
+
+
+def _against_reference(result: GridResult, metric: str, score: float) -> float:
+    reference = result.scores[metric][result.reference]
+    return 100 * (score - reference) / abs(reference) if reference else math.nan
 
 
 def format_report(result: GridResult) -> str:
@@ -36,7 +39,9 @@ def format_report(result: GridResult) -> str:
             f"{result.task} {metric} x100 by layers (rows) and dimensions (columns), "
             f"change against {layers} layers x {dimensions} dimensions",
         ]
-        lines += _table(result, metric)
+        lines += _table(result, metric, result.scores[metric])
+    if result.cross_depth is not None:
+        lines += _cross_depth_tables(result, result.cross_depth)
     lines += ["", "encoding throughput per depth*", f"{'layers':>6}  texts/s"]
     lines += [f"{depth:>6}  {_rate(result.texts, result.layer_seconds[depth]):>7}" for depth in result.layers]
     lines.append("* of an encoder cut to that depth, measured in the pass: its time less the time in deeper layers")
@@ -65,16 +70,28 @@ def _funnel_table(result: GridResult) -> list[str]:
     return lines
 
 
-def _table(result: GridResult, metric: str) -> list[str]:
-    cells = {
-        (layers, dimensions): f"{score:.2f} ({change(result, metric, layers, dimensions):+.1f}%)"
-        for (layers, dimensions), score in result.scores[metric].items()
-    }
-    width = max(len(cell) for cell in cells.values())
-    header = f"{'layers':>6}" + "".join(f"  {dimensions:>{width}}" for dimensions in result.dimensions)
+def _cross_depth_tables(result: GridResult, crossed: CrossDepth) -> list[str]:
+    """Per metric: documents at full depth, queries at each shallower depth (rows)."""
+    layers, dimensions = result.reference
+    lines = []
+    for metric, cells in crossed.scores.items():
+        lines += [
+            "",
+            f"cross-depth {result.task} {metric} x100: documents at {crossed.document_layers} layers, queries at "
+            f"the layers of each row, by dimensions (columns), change against {layers} layers x {dimensions} dimensions",
+        ]
+        lines += _table(result, metric, cells, "queries") if cells else ["(no depth below the documents' was evaluated)"]
+    return lines
+
+
+def _table(result: GridResult, metric: str, scores: dict[Cell, float], rows_name: str = "layers") -> list[str]:
+    """Rows by layers, deepest first; columns by dimensions; each cell its score and change against the reference."""
+    cells = {cell: f"{score:.2f} ({_against_reference(result, metric, score):+.1f}%)" for cell, score in scores.items()}
+    width, label = max(len(cell) for cell in cells.values()), max(6, len(rows_name))
+    header = f"{rows_name:>{label}}" + "".join(f"  {dimensions:>{width}}" for dimensions in result.dimensions)
     rows = [
-        f"{layers:>6}" + "".join(f"  {cells[layers, dimensions]:>{width}}" for dimensions in result.dimensions)
-        for layers in result.layers
+        f"{layers:>{label}}" + "".join(f"  {cells[layers, dimensions]:>{width}}" for dimensions in result.dimensions)
+        for layers in sorted({layers for layers, _ in scores}, reverse=True)
     ]
     return [header] + rows
 
@@ -85,7 +102,9 @@ def _rate(texts: int, seconds: float) -> str:
 
 def to_json(result: GridResult) -> dict[str, Any]:
     """{"model", "task", "metric", "results": [{"layers", "dimensions", "score"}], "seconds"}; score is
-    the primary metric x100. A funnel's row adds "funnel": "64x10"; its dimensions are the full vectors'."""
+    the primary metric x100. A funnel's row adds "funnel": "64x10"; its dimensions are the full vectors'.
+    A cross-depth row adds "query_layers": its "layers" are the documents' depth."""
+    crossed = result.cross_depth
     return {
         "model": result.model,
         "task": result.task,
@@ -97,6 +116,10 @@ def to_json(result: GridResult) -> dict[str, Any]:
         + [
             {"layers": funnel.layers, "dimensions": funnel.dimensions, "score": funnel.ndcg, "funnel": str(funnel.funnel)}
             for funnel in result.funnels
+        ]
+        + [
+            {"layers": crossed.document_layers, "query_layers": query_layers, "dimensions": dimensions, "score": score}
+            for (query_layers, dimensions), score in (crossed.scores[result.metric].items() if crossed else ())
         ],
         "seconds": result.seconds,
     }

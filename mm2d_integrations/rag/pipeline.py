@@ -78,12 +78,13 @@ class Store:
 
     def encoder_for(self, client: Any, *, indexing: bool = False) -> Matryoshka2DEncoder:
         """The given encoder, else the one `model` and `options` describe; when asking and none of model,
-        num_layers or dimensions is named, the one the collection was indexed with."""
+        num_layers or dimensions is named, the one the collection was indexed with (queries at
+        `options.query_num_layers` when given)."""
         if self.encoder is not None:
             return self.encoder
         named = self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
         if not indexing and not named and has_collection(client, self.collection):
-            return stored_embedding_function(self.collection, client=client).encoder
+            return stored_embedding_function(self.collection, client=client, query_num_layers=self.options.query_num_layers).encoder
         return Matryoshka2DEncoder(self.model or default_model(), self.options)
 
 
