@@ -41,6 +41,7 @@ class GridResult:
     layer_seconds: dict[int, float]  # num_layers -> seconds an encoder cut there needs for the texts (LayerClock)
     seconds: float  # encoding and scoring; loading the model excluded
     funnels: list[FunnelResult] = field(default_factory=list)  # retrieval only: each funnel at each depth
+    trained_pairs: tuple[Cell, ...] = ()  # the (layers, dimensions) the model was trained for, where its preset says
 
     @property
     def metric(self) -> str:
@@ -167,4 +168,5 @@ def _result(
         layer_seconds={depth: clock.seconds_at(depth) for depth in depths},
         seconds=time.perf_counter() - started,
         funnels=funnels or [],
+        trained_pairs=encoder.trained_pairs or (),
     )
