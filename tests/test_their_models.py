@@ -143,6 +143,7 @@ def test_eval_report_shows_the_trained_pairs() -> None:
     from mm2d_integrations.evaluation.report import format_report
     from mm2d_integrations.settings import STARBUCKS_PAIRS
 
-    result = GridResult("starbucks", "sts", {"spearman": {(12, 768): 80.0, (2, 32): 70.0}}, (12, 768), 10, 1.0, {12: 1.0, 2: 0.2}, 1.5,
+    scores = {(12, 768): 80.0, (12, 32): 75.0, (2, 768): 72.0, (2, 32): 70.0}
+    result = GridResult("starbucks", "sts", {"spearman": scores}, (12, 768), 10, 1.0, {12: 1.0, 2: 0.2}, 1.5,
                         trained_pairs=STARBUCKS_PAIRS)
     assert "trained for (layers, dimensions): (2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768)" in format_report(result)
