@@ -7,7 +7,7 @@
   both splits except the queries' own, so that no query finds itself: 11,599 documents and 1,584
   queries.
 - `sample OUT`: from the sample corpus (mm2d_integrations.samples): documents are the chunks
-  `mm2d index` makes, queries its 49 questions. Relevance 2: the chunks of the expected file
+  `split_documents` makes by default (800 characters), queries its 49 questions. Relevance 2: the chunks of the expected file
   that hold the answer (its first clause, else the most of its words); 1: the file's other chunks.
 
 Usage: python benchmarks/retrieval_sets.py {stsb,sample} OUT

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mm2d_integrations.encoder import SPACE_KEYS, EncoderHandle, EncoderRecipe, Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.encoder import SPACE_KEYS, EncoderHandle, EncoderRecipe, Matryoshka2DEncoder, space_differences, truncate_dimensions
 from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.settings import default_model
@@ -46,10 +46,6 @@ _DAMAGED = "it may be damaged: move it aside and index again"
 
 class EmbeddingSpaceMismatch(ValueError):
     """A collection's vectors were made by another embedding configuration."""
-
-
-def space_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [key for key in SPACE_KEYS if stored.get(key) != current.get(key)]
 
 
 def describe(config: dict[str, Any]) -> str:

@@ -6,14 +6,18 @@ import hashlib
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any, Protocol
 
 from mm2d_integrations.validation import install_hint
 
-__all__ = ["CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "LoadedFolder", "SourceDocument", "chunk_id", "html_to_text", "load_folder", "split_documents"]
+__all__ = [
+    "CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "Chunking", "LoadedFolder", "SourceDocument", "TokenCounter", "chunk_id", "from_framework_documents",
+    "html_to_text", "load_folder", "split_documents",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -21,16 +25,21 @@ TEXT_SUFFIXES = (".md", ".markdown", ".txt", ".rst")
 HTML_SUFFIXES = (".html", ".htm")
 PDF_SUFFIX = ".pdf"
 MAX_FILE_BYTES = 20 * 1024 * 1024
-CHUNK_SIZE = 800
+CHUNK_SIZE = 800  # characters, where no embedding model's tokenizer measures chunks
 CHUNK_OVERLAP = 100
+TOKEN_OVERLAP_SHARE = 8  # token chunks overlap by 1/8 of their size, as 100 of 800 characters do
+
+Metadata = dict[str, str | int | float | bool]
 
 
 @dataclass(frozen=True)
 class SourceDocument:
-    """The text of one file; `source` is its path relative to the indexed folder, with '/'."""
+    """The text of one document; `source` identifies it: its path relative to the indexed folder (with
+    '/'), or a framework Document's metadata `source` or id. `metadata`: kept with each of its chunks."""
 
     source: str
     text: str
+    metadata: Metadata = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,37 @@ class Chunk:
     text: str
     source: str
     index: int
+    document_metadata: Metadata = field(default_factory=dict)
 
     @property
-    def metadata(self) -> dict[str, str | int]:
-        return {"source": self.source, "chunk": self.index}
+    def metadata(self) -> Metadata:
+        return {**self.document_metadata, "source": self.source, "chunk": self.index}
+
+
+class TokenCounter(Protocol):
+    """What measures chunks in tokens: an encoder (`Matryoshka2DEncoder`)."""
+
+    def token_count(self, texts: list[str]) -> list[int]: ...
+
+    def document_token_budget(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How documents are cut: chunks of at most `size` and overlaps of `overlap`, measured by `length`
+    (characters by default), split at paragraphs, then lines, then words."""
+
+    size: int = CHUNK_SIZE
+    overlap: int = CHUNK_OVERLAP
+    length: Callable[[str], int] = len
+    unit: str = "characters"
+
+    @classmethod
+    def by_tokens(cls, encoder: TokenCounter) -> Chunking:
+        """Chunks that the encoder embeds whole: measured with its own tokenizer, at most its max_length
+        tokens with the document prompt and special tokens included."""
+        size = encoder.document_token_budget()
+        return cls(size, size // TOKEN_OVERLAP_SHARE, lambda text: encoder.token_count([text])[0], "tokens")
 
 
 @dataclass
@@ -168,18 +204,44 @@ def chunk_id(source: str, index: int, text: str) -> str:
     return f"{source}#{index}#{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
 
 
-def split_documents(
-    documents: list[SourceDocument], *, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP
-) -> list[Chunk]:
-    """Chunks of about `chunk_size` characters, split at paragraphs, then lines, then words."""
+def split_documents(documents: list[SourceDocument], chunking: Chunking | None = None) -> list[Chunk]:
+    """The documents' chunks as `chunking` cuts them (default: 800 characters, 100 overlapping)."""
     try:
         from langchain_text_splitters import RecursiveCharacterTextSplitter
     except ImportError as error:  # an optional dependency: only splitting needs it
         raise ImportError(install_hint("langchain_text_splitters", "rag")) from error
 
-    splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    chunking = chunking or Chunking()
+    splitter = RecursiveCharacterTextSplitter(chunk_size=chunking.size, chunk_overlap=chunking.overlap, length_function=chunking.length)
     return [
-        Chunk(chunk_id(document.source, index, text), text, document.source, index)
+        Chunk(chunk_id(document.source, index, text), text, document.source, index, document.metadata)
         for document in documents
         for index, text in enumerate(splitter.split_text(document.text))
     ]
+
+
+def from_framework_documents(documents: Iterable[Any]) -> list[SourceDocument]:
+    """LangChain (`langchain_core.documents.Document`) or LlamaIndex (`llama_index.core.Document`)
+    documents as ours, so that any of their loaders (docx, pptx, web) feeds the indexer.
+
+    A document's source is its metadata `source`, else `file_path` (LlamaIndex's readers), else its id; its scalar metadata is kept with each
+    chunk (Chroma stores no lists or dicts). Two documents with one source are a ValueError, as their
+    chunks' ids would collide.
+    """
+    converted: dict[str, SourceDocument] = {}
+    for position, document in enumerate(documents):
+        text = getattr(document, "page_content", None)
+        if text is None and callable(getattr(document, "get_content", None)):
+            text = document.get_content()
+        if not isinstance(text, str):
+            raise TypeError(f"documents[{position}] is a {type(document).__name__}, not a LangChain or LlamaIndex Document")
+        metadata = dict(getattr(document, "metadata", None) or {})
+        source = metadata.get("source") or metadata.get("file_path") or getattr(document, "id", None) or getattr(document, "id_", None)
+        if not source:
+            raise ValueError(f"documents[{position}] has neither metadata['source'] nor an id: give it one, so that re-indexing finds it again")
+        source = str(source)
+        if source in converted:
+            raise ValueError(f"documents[{position}] has the source {source!r} of an earlier document; sources must be unique")
+        kept = {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool)) and key not in ("source", "chunk")}
+        converted[source] = SourceDocument(source, text, kept)
+    return list(converted.values())

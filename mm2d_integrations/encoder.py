@@ -28,16 +28,33 @@ from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
 __all__ = [
-    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_id_of", "token_budget_batches", "truncate_dimensions",
+    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_of",
+    "token_budget_batches",
+    "truncate_dimensions",
 ]
 
 # What changes the vectors; the model's name is shown but the weights identify it.
-SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length")
+SPACE_KEYS = ("weights", "num_layers", "dimensions", "pooling", "query_prompt", "document_prompt", "normalize", "max_length", "include_prompt")
+# Keys added after stored configurations existed, with the value those configurations meant: a key at
+# that value is left out of the space, so that existing collections and caches keep their space id.
+_LATER_KEYS = {"include_prompt": True}
+
+
+def space_of(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """The `SPACE_KEYS` values of a fingerprint or stored configuration, later keys at their default left out."""
+    space = {key: fingerprint.get(key, _LATER_KEYS.get(key)) for key in SPACE_KEYS}
+    return {key: value for key, value in space.items() if key not in _LATER_KEYS or value != _LATER_KEYS[key]}
+
+
+def space_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The `SPACE_KEYS` in which two fingerprints (or stored configurations) differ."""
+    stored_space, current_space = space_of(stored), space_of(current)
+    return [key for key in SPACE_KEYS if stored_space.get(key) != current_space.get(key)]
 
 
 def space_id_of(fingerprint: Mapping[str, Any]) -> str:
     """16 hex digits that change whenever a key of `SPACE_KEYS` does: the embedding space's short name."""
-    space = json.dumps({key: fingerprint.get(key) for key in SPACE_KEYS}, sort_keys=True)
+    space = json.dumps(space_of(fingerprint), sort_keys=True)
     return hashlib.sha256(space.encode("utf-8")).hexdigest()[:16]
 
 
@@ -134,16 +151,16 @@ class Matryoshka2DEncoder:
         self._loaded.exit_heads.check_pooling(self._pooling)
         self.query_prompt = given.query_prompt if given.query_prompt is not None else settings.query_prompt or ""
         self.document_prompt = given.document_prompt if given.document_prompt is not None else settings.document_prompt or ""
+        # sentence-transformers' Pooling include_prompt=False: the prompt's tokens are attended to but not pooled.
+        self.include_prompt = settings.include_prompt is not False
+        self._prompt_lengths: dict[str, int] = {}
         self.max_length = (
             check_int_in_range("max_length", given.max_length, 1, 1 << 20)
             if given.max_length is not None
             else settings.max_length
         )
-        self._dimensions = (
-            self.max_dimensions
-            if given.dimensions is None
-            else check_int_in_range("dimensions", given.dimensions, 1, self.max_dimensions)
-        )
+        dimensions = given.dimensions if given.dimensions is not None else settings.truncate_dim  # the checkpoint's truncate_dim
+        self._dimensions = self.max_dimensions if dimensions is None else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
         self._given = given
 
     @property
@@ -189,7 +206,19 @@ class Matryoshka2DEncoder:
 
     @property
     def max_dimensions(self) -> int:
-        return self._loaded.hidden_size
+        """The full width of the vectors: the checkpoint's last Dense module's output, else its hidden size."""
+        return self._loaded.output_size
+
+    @property
+    def trained_pairs(self) -> tuple[tuple[int, int], ...] | None:
+        """The (num_layers, dimensions) pairs the model was trained for, where its preset knows them."""
+        return self._loaded.settings.trained_pairs
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The checkpoint's named prompts (sentence-transformers' `prompts`), to pass as query_prompt or
+        document_prompt; its query and document prompts are the defaults of those options."""
+        return dict(self._loaded.settings.prompts or ())
 
     @property
     def pooling(self) -> str:
@@ -245,6 +274,7 @@ class Matryoshka2DEncoder:
             "document_prompt": self.document_prompt,
             "normalize": self.normalize,
             "max_length": self.max_length,
+            "include_prompt": self.include_prompt,
         }
 
     @property
@@ -256,7 +286,8 @@ class Matryoshka2DEncoder:
     @property
     def space_id(self) -> str:
         """The fingerprint's short stable hash (the model's name aside): a cache namespace that
-        changes whenever the vectors would (weights, depth, width, pooling, prompts, normalisation, max length)."""
+        changes whenever the vectors would (weights, depth, width, pooling, prompts, normalisation, max length,
+        the prompt's part in pooling)."""
         return space_id_of(self.fingerprint)
 
     def encode_documents(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
@@ -292,6 +323,8 @@ class Matryoshka2DEncoder:
         shows a bar over the batches.
         """
         vectors = self.pooled_layerwise(texts, num_layers, prompt=prompt, show_progress=show_progress)
+        if len(self._loaded.dense):
+            vectors = {kept: self._dense(pooled) for kept, pooled in vectors.items()}
         if self._normalizes_full_width:
             for kept in vectors.values():
                 kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
@@ -300,19 +333,20 @@ class Matryoshka2DEncoder:
     def pooled_layerwise(
         self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool | None = None
     ) -> dict[int, np.ndarray]:
-        """`encode_layerwise` before any normalisation: the pooled states (after an exit head) that
-        `mm2d adapt` fits its heads on."""
+        """`encode_layerwise` before any Dense module and normalisation: the pooled states (after an exit
+        head), {num_layers: (n, hidden size) array}, that `mm2d adapt` fits its heads on."""
         show_progress = self.show_progress if show_progress is None else show_progress
         checked = check_texts(texts)
         loaded = self._loaded.num_layers
         wanted = sorted({check_int_in_range("num_layers", kept, 1, loaded) for kept in num_layers})
         if not wanted:
             raise ValueError(f"num_layers must name at least one value in [1, {loaded}]")
-        results = {kept: np.empty((len(checked), self.max_dimensions), np.float32) for kept in wanted}
+        results = {kept: np.empty((len(checked), self._loaded.hidden_size), np.float32) for kept in wanted}
         token_ids = self._token_ids([prompt + text for text in checked])
+        skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
         batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
-            pooled = self._forward([token_ids[index] for index in batch], wanted)
+            pooled = self._forward([token_ids[index] for index in batch], wanted, skipped)
             for kept, vectors in pooled.items():
                 results[kept][batch] = vectors
         return results
@@ -322,6 +356,36 @@ class Matryoshka2DEncoder:
             return []
         with self._loaded.tokenizer_lock:  # fast tokenizers are not safe to share across threads
             return self._loaded.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)["input_ids"]
+
+    def token_count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text alone (no prompt, no special tokens, never truncated), counted with this
+        model's own tokenizer: what a text splitter measures chunks by."""
+        checked = check_texts(texts)
+        if not checked:
+            return []
+        with self._loaded.tokenizer_lock:
+            ids = self._loaded.tokenizer(checked, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
+
+    def document_token_budget(self) -> int:
+        """Tokens a document may take without being truncated: max_length less the document prompt and
+        the special tokens."""
+        overhead = len(self._token_ids([self.document_prompt])[0])
+        return max(1, int(self.max_length) - overhead)
+
+    def _prompt_length(self, prompt: str) -> int:
+        """The tokens a prompt takes at the start of a text (its leading special tokens included, a
+        trailing one not), as sentence-transformers counts them to leave them out of pooling."""
+        if prompt not in self._prompt_lengths:
+            ids = self._token_ids([prompt])[0]
+            special = set(self._loaded.tokenizer.all_special_ids)
+            self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
+        return self._prompt_lengths[prompt]
+
+    @torch.inference_mode()
+    def _dense(self, pooled: np.ndarray) -> np.ndarray:
+        """The checkpoint's Dense modules applied to pooled vectors (after any exit head)."""
+        return self._loaded.dense(torch.from_numpy(pooled).to(self.device)).float().cpu().numpy()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.compute_precision == "bf16":
@@ -340,15 +404,20 @@ class Matryoshka2DEncoder:
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     @torch.inference_mode()
-    def _forward(self, token_ids: list[list[int]], num_layers: list[int]) -> dict[int, np.ndarray]:
-        """Pooled vectors at each of `num_layers` (ascending). One depth runs only its layers (queries
-        shallower than the loaded model included); several run every loaded layer and read each off."""
+    def _forward(self, token_ids: list[list[int]], num_layers: list[int], skipped: int = 0) -> dict[int, np.ndarray]:
+        """Pooled vectors at each of `num_layers` (ascending); the first `skipped` tokens (a prompt) are
+        left out of pooling. One depth runs only its layers (queries shallower than the loaded model
+        included); several run every loaded layer and read each off."""
         input_ids, attention_mask = self._pad(token_ids)
         single = len(num_layers) == 1
         deepest = num_layers[0] if single else self._loaded.num_layers
         with self._autocast():
             output = self._loaded.cut(deepest)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
         final_norm = self._loaded.final_norm
+        pooling_mask = attention_mask
+        if skipped:
+            pooling_mask = attention_mask.clone()
+            pooling_mask[:, :skipped] = 0
         pooled = {}
         for kept in num_layers:
             if kept == deepest:
@@ -356,7 +425,7 @@ class Matryoshka2DEncoder:
             else:
                 hidden = output.hidden_states[kept]
                 hidden = final_norm(hidden) if final_norm is not None else hidden
-            vectors = pool(hidden.float(), attention_mask, self.pooling)
+            vectors = pool(hidden.float(), pooling_mask, self.pooling)
             vectors = self._loaded.exit_heads.apply(kept, vectors)  # none at full depth
             pooled[kept] = vectors.cpu().numpy()
         return pooled
@@ -392,7 +461,7 @@ class EncoderRecipe:
             encoder = _KEPT.get(self)
             if encoder is None:
                 encoder = Matryoshka2DEncoder(self.model, self.options)
-                differences = [key for key, value in self.space if encoder.fingerprint[key] != value]
+                differences = space_differences(dict(self.space), encoder.fingerprint)
                 if differences:
                     raise ValueError(
                         f"model {self.model!r} gives another embedding space in this process than where it was pickled "

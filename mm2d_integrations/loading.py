@@ -20,6 +20,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mm2d_integrations.dense import DenseStack, read_dense_stack
 from mm2d_integrations.exit_heads import ExitHeads, read_exit_heads
 from mm2d_integrations.pooling import POOLING_MODES
 from mm2d_integrations.settings import KNOWN_MODELS, ModelSettings, read_sentence_transformers_settings
@@ -108,6 +109,7 @@ class LoadedModel:
     num_layers: int
     settings: ModelSettings
     exit_heads: ExitHeads = field(default_factory=ExitHeads)  # learned by `mm2d adapt`; none for most models
+    dense: DenseStack = field(default_factory=DenseStack)  # sentence-transformers Dense modules; none for most models
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     _views: dict[int, PreTrainedModel] = field(default_factory=dict, repr=False)
 
@@ -115,9 +117,15 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def output_size(self) -> int:
+        """The vectors' full width: the last Dense module's output, else the hidden size."""
+        return self.dense.out_features or self.hidden_size
+
     @functools.cached_property
     def weights_id(self) -> str:
-        return self.source.weights_id()  # a local folder's hash covers its exit heads file too
+        base = self.source.weights_id()  # a local folder's hash covers its exit heads file too
+        return f"{base}+dense:{self.dense.weights_id()}" if len(self.dense) else base
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -231,6 +239,7 @@ def _load(
         num_layers=kept,
         settings=settings,
         exit_heads=read_exit_heads(source, max_layers, int(config.hidden_size), device),
+        dense=read_dense_stack(source, settings.dense or (), int(config.hidden_size), device, allow_pickle),
     )
 
 

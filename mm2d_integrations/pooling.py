@@ -11,7 +11,9 @@ __all__ = ["POOLING_MODES", "check_pooling", "pool", "pooling_from_sentence_tran
 
 
 def _cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return hidden[:, 0]
+    """The first pooled token: the first token, unless a prompt is left out of pooling (as in sentence-transformers)."""
+    first = mask.to(torch.int).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
 
 
 def _mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

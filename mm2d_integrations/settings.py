@@ -9,8 +9,8 @@ from mm2d_integrations.pooling import pooling_from_sentence_transformers
 from mm2d_integrations.source import ModelSource
 
 __all__ = [
-    "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "SHARED_SPACE_DEPTHS", "ModelSettings", "default_model",
-    "read_sentence_transformers_settings", "saved_prompts",
+    "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "SHARED_SPACE_DEPTHS", "STARBUCKS_MSMARCO", "STARBUCKS_PAIRS", "ModelSettings",
+    "default_model", "read_sentence_transformers_settings", "saved_prompts",
 ]
 
 
@@ -23,6 +23,11 @@ class ModelSettings:
     query_prompt: str | None = None
     document_prompt: str | None = None
     normalized: bool | None = None  # its sentence-transformers pipeline ends in Normalize
+    include_prompt: bool | None = None  # False: the prompt's tokens are left out of pooling (Pooling's include_prompt)
+    dense: tuple[str, ...] | None = None  # folders of the Dense modules applied after pooling, in order
+    truncate_dim: int | None = None  # the width its configuration cuts vectors to (sentence-transformers' truncate_dim)
+    prompts: tuple[tuple[str, str], ...] | None = None  # every named prompt it saves, for prompt names
+    trained_pairs: tuple[tuple[int, int], ...] | None = None  # (num_layers, dimensions) it was trained for, where known
 
     def filled_from(self, fallback: ModelSettings) -> ModelSettings:
         """These settings, with every unsaid field taken from `fallback`."""
@@ -33,8 +38,15 @@ class ModelSettings:
 
 MXBAI_QUERY_PROMPT = "Represent this sentence for searching relevant passages: "
 MODEL_2D = "mixedbread-ai/mxbai-embed-2d-large-v1"
+STARBUCKS_MSMARCO = "ielabgroup/Starbucks-msmarco"
+# The (num_layers, dimensions) pairs Starbucks models were fine-tuned on, as their model card and paper
+# (Zhuang, Wang et al., "Starbucks: Improved Training for 2D Matryoshka Embeddings", arXiv 2410.13230) give them.
+STARBUCKS_PAIRS = ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768))
+# Presets of hub models whose folders do not say (all) of it; their own sentence-transformers files win.
 KNOWN_MODELS: dict[str, ModelSettings] = {
     MODEL_2D: ModelSettings(pooling="cls", max_length=512, query_prompt=MXBAI_QUERY_PROMPT),
+    # Its model card embeds with the first token ([CLS]) of hidden_states[num_layers], cut to the leading dimensions.
+    STARBUCKS_MSMARCO: ModelSettings(pooling="cls", max_length=512, trained_pairs=STARBUCKS_PAIRS),
     "mixedbread-ai/mxbai-embed-large-v1": ModelSettings(pooling="cls", max_length=512, query_prompt=MXBAI_QUERY_PROMPT),
     "sentence-transformers/all-MiniLM-L6-v2": ModelSettings(pooling="mean", max_length=256),
 }
@@ -48,34 +60,36 @@ SHARED_SPACE_DEPTHS: dict[str, frozenset[int]] = {}
 
 _QUERY_PROMPT_NAMES = ("query",)
 _DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
-_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+# The pipeline this encoder implements, in this order: Dense modules and Normalize are optional.
+_PIPELINE = ("Transformer", "Pooling", "Dense", "Normalize")
 
 
 def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
-    """Pooling, max length, prompts and whether vectors leave normalised, from the sentence-transformers
-    files where present."""
+    """Pooling (and whether it includes the prompt), Dense modules, max length, prompts, truncate_dim and
+    whether vectors leave normalised, from the sentence-transformers files where present."""
     modules = source.json("modules.json") or []
-    pooling = None
-    for module in modules:
-        kind = module.get("type", "").rsplit(".", 1)[-1]
-        if kind not in _SUPPORTED_MODULES:
-            raise ValueError(
-                f"model {source.name!r} has a sentence-transformers module {module.get('type')!r} "
-                f"that this encoder does not implement (supported: {', '.join(_SUPPORTED_MODULES)})"
-            )
-        if kind == "Pooling":
-            pooling_config = source.json(f"{module.get('path', '1_Pooling')}/config.json") or {}
-            pooling = pooling_from_sentence_transformers(pooling_config)
-    if not modules and (pooling_config := source.json("1_Pooling/config.json")):
-        pooling = pooling_from_sentence_transformers(pooling_config)
+    kinds = [module.get("type", "").rsplit(".", 1)[-1] for module in modules]
+    if [kind for kind in kinds if kind not in _PIPELINE] or kinds != sorted(kinds, key=_PIPELINE.index):
+        raise ValueError(
+            f"model {source.name!r} has the sentence-transformers modules {', '.join(kinds)}; this encoder "
+            f"implements {' -> '.join(_PIPELINE)} in that order (Dense and Normalize optional)"
+        )
+    pooling_path = next((module.get("path") or "1_Pooling" for module, kind in zip(modules, kinds) if kind == "Pooling"), None)
+    pooling_config = source.json(f"{pooling_path or '1_Pooling'}/config.json") if pooling_path or not modules else None
     bert_config = source.json("sentence_bert_config.json") or {}
-    prompts = saved_prompts(source)
+    config = source.json("config_sentence_transformers.json") or {}
+    prompts = config.get("prompts") or {}
+    default_prompt = prompts.get(config.get("default_prompt_name") or "") or None
     return ModelSettings(
-        pooling=pooling,
+        pooling=pooling_from_sentence_transformers(pooling_config) if pooling_config else None,
         max_length=bert_config.get("max_seq_length"),
-        query_prompt=_first_prompt(prompts, _QUERY_PROMPT_NAMES),
-        document_prompt=_first_prompt(prompts, _DOCUMENT_PROMPT_NAMES),
-        normalized=any(module.get("type", "").endswith("Normalize") for module in modules) if modules else None,
+        query_prompt=_first_prompt(prompts, _QUERY_PROMPT_NAMES) or default_prompt,
+        document_prompt=_first_prompt(prompts, _DOCUMENT_PROMPT_NAMES) or default_prompt,
+        normalized="Normalize" in kinds if modules else None,
+        include_prompt=pooling_config.get("include_prompt") if pooling_config else None,
+        dense=tuple(module["path"] for module, kind in zip(modules, kinds) if kind == "Dense") if modules else None,
+        truncate_dim=config.get("truncate_dim"),
+        prompts=tuple((name, text) for name, text in prompts.items() if isinstance(text, str)) if prompts else None,
     )
 
 
@@ -85,6 +99,8 @@ def saved_prompts(source: ModelSource) -> dict[str, str]:
 
 
 def _first_prompt(prompts: dict[str, str], names: tuple[str, ...]) -> str | None:
+    """The first of `names` with a prompt: a model whose prompts name neither side (only a
+    `default_prompt_name`) gives its default prompt to both, as sentence-transformers' `encode` does."""
     return next((prompts[name] for name in names if prompts.get(name)), None)
 
 

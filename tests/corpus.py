@@ -1,5 +1,16 @@
 """A small set of documents and the question each one answers, for end-to-end retrieval tests."""
 
+from pathlib import Path
+
+
+def indexed_chunk_ids(folder: Path, model: str) -> set[str]:
+    """The ids of the chunks `mm2d index FOLDER --model MODEL` writes: cut by the model's tokens."""
+    from mm2d_integrations import Matryoshka2DEncoder
+    from mm2d_integrations.documents import Chunking, load_folder, split_documents
+
+    return {chunk.id for chunk in split_documents(load_folder(folder).documents, Chunking.by_tokens(Matryoshka2DEncoder(model)))}
+
+
 DOCUMENTS = {
     "travel": "Employees book flights through the travel portal at least 14 days before departure; economy class only.",
     "security": "Laptops must use full-disk encryption and lock the screen after 5 minutes of inactivity.",

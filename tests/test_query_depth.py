@@ -187,7 +187,7 @@ def test_ask_with_shallow_queries_on_a_full_depth_index(
     where = ["--persist-dir", str(tmp_path / "chroma")]
     assert main(["index", str(folder), "--model", str(adapted_minilm), *where]) == 0
     depths: list[int] = []
-    monkeypatch.setattr("mm2d_integrations.rag.pipeline.make_generator", lambda name, encoder: _Sources(encoder, depths))
+    monkeypatch.setattr("mm2d_integrations.rag.pipeline.make_generator", lambda name, encoder, framework: _Sources(encoder, depths))
     for framework in ("langchain", "llamaindex"):
         for question, expected in QUESTIONS.items():
             # Without --model or --layers, the collection's stored configuration, with the query depth given.

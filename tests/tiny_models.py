@@ -53,9 +53,12 @@ MODEL_CLASSES = {
 
 def build_tiny_model(
     folder: Path, architecture: str, tokenizer_from: Path, *, pooling: str | None = None,
-    prompts: dict[str, str] | None = None, seed: int = 0,
+    prompts: dict[str, str] | None = None, seed: int = 0, include_prompt: bool | None = None, config: dict | None = None,
 ) -> PreTrainedModel:
-    """Save a random `architecture` model (with the MiniLM tokenizer) to `folder`; return it."""
+    """Save a random `architecture` model (with the MiniLM tokenizer) to `folder`; return it.
+
+    `pooling`: also the sentence-transformers files (Transformer, Pooling, Normalize), the Pooling's
+    `include_prompt` where given; `prompts` and `config`: config_sentence_transformers.json's content."""
     torch.manual_seed(seed)
     model = MODEL_CLASSES[architecture](_configs()[architecture]).eval()
     model.save_pretrained(folder)
@@ -68,13 +71,48 @@ def build_tiny_model(
         ]
         (folder / "modules.json").write_text(json.dumps(modules))
         (folder / "1_Pooling").mkdir(exist_ok=True)
-        (folder / "1_Pooling" / "config.json").write_text(
-            json.dumps({"word_embedding_dimension": 32, f"pooling_mode_{_FLAG[pooling]}": True})
-        )
+        pooling_config = {"word_embedding_dimension": 32, f"pooling_mode_{_FLAG[pooling]}": True}
+        if include_prompt is not None:
+            pooling_config["include_prompt"] = include_prompt
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
-    if prompts is not None:
-        (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    if prompts is not None or config is not None:
+        saved = {**({"prompts": prompts} if prompts is not None else {}), **(config or {})}
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(saved))
     return model
+
+
+_MODULE_PATHS = {"Transformer": "", "Pooling": "1_Pooling", "Normalize": "3_Normalize"}
+
+
+def set_modules(folder: Path, kinds: list[str]) -> None:
+    """Write modules.json listing `kinds` (sentence-transformers module class names), in that order."""
+    paths = dict(_MODULE_PATHS)
+    modules = [
+        {"idx": index, "name": str(index), "path": paths.get(kind, f"{index}_{kind}"), "type": f"sentence_transformers.models.{kind}"}
+        for index, kind in enumerate(kinds)
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
+def add_dense(folder: Path, layers: list[tuple[int, int, str]], *, normalized: bool = True, seed: int = 0) -> None:
+    """Save Dense modules (in, out, activation class path) as sentence-transformers does, after pooling."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    for in_features, out_features, activation in layers:
+        path = f"{len(modules)}_Dense"
+        (folder / path).mkdir()
+        config = {"in_features": in_features, "out_features": out_features, "bias": True, "activation_function": activation}
+        (folder / path / "config.json").write_text(json.dumps(config))
+        linear = torch.nn.Linear(in_features, out_features)
+        save_file({"linear.weight": linear.weight.detach(), "linear.bias": linear.bias.detach()}, str(folder / path / "model.safetensors"))
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path, "type": "sentence_transformers.models.Dense"})
+    if normalized:
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": "normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
 
 
 _FLAG = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}

@@ -33,7 +33,11 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_answer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framework", choices=FRAMEWORKS, default="langchain")
-    parser.add_argument("--generator", default=EXTRACTIVE, help="extractive (offline, default) or a transformers model id or folder")
+    parser.add_argument(
+        "--generator", default=EXTRACTIVE,
+        help="extractive (offline, default) or a causal language model's hub id or folder, run by the framework's own class "
+        "(LangChain HuggingFacePipeline, LlamaIndex HuggingFaceLLM; pip install 'mm2d-integrations[llm]')",
+    )
     parser.add_argument("-k", type=int, default=3, help="chunks to retrieve (default 3)")
     parser.add_argument(
         "--funnel", default=None, metavar="DIMSxFACTOR",

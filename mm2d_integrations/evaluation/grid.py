@@ -52,6 +52,7 @@ class GridResult:
     seconds: float  # encoding and scoring; loading the model excluded
     funnels: list[FunnelResult] = field(default_factory=list)  # retrieval only: each funnel at each depth
     cross_depth: CrossDepth | None = None  # retrieval only, when asked for
+    trained_pairs: tuple[Cell, ...] = ()  # the (layers, dimensions) the model was trained for, where its preset says
 
     @property
     def metric(self) -> str:
@@ -199,4 +200,5 @@ def _result(
         seconds=time.perf_counter() - started,
         funnels=funnels or [],
         cross_depth=cross_depth,
+        trained_pairs=encoder.trained_pairs or (),
     )

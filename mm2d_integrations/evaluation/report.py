@@ -33,6 +33,8 @@ def format_report(result: GridResult) -> str:
         f"({_rate(result.texts, result.encode_seconds)} texts/s), one pass for every depth",
         f"evaluation: {result.seconds:.1f} s in all",
     ]
+    if result.trained_pairs:
+        lines.append("trained for (layers, dimensions): " + ", ".join(f"({layers}, {dims})" for layers, dims in result.trained_pairs))
     for metric in result.scores:
         lines += [
             "",

@@ -6,15 +6,13 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.runtime import resolve_device
 
-__all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "TransformersGenerator", "format_context", "sentences_of", "unique_sources"]
+__all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "format_context", "sentences_of", "unique_sources"]
 
 SYSTEM_PROMPT = (
     "You answer questions about the company's internal documents. Use only the context below. "
@@ -108,49 +106,3 @@ class ExtractiveAnswerer:
         chosen = [sentences[i] for i in ranked]
         text = "\n".join(f"{sentence} [{source}]" for sentence, source in chosen)
         return Answer(text, list(dict.fromkeys(source for _, source in chosen)))
-
-
-class TransformersGenerator:
-    """A local transformers model (causal or seq2seq) from a hub id or folder, writing the answer."""
-
-    def __init__(
-        self,
-        model_name_or_path: str | Path,
-        *,
-        max_new_tokens: int = 200,
-        device: str | None = None,
-        trust_remote_code: bool = False,
-        generation_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-        location = str(model_name_or_path)
-        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
-        self.is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        model_class = AutoModelForSeq2SeqLM if self.is_seq2seq else AutoModelForCausalLM
-        self.device = resolve_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-        self.model = model_class.from_pretrained(location, trust_remote_code=trust_remote_code, use_safetensors=True).to(self.device).eval()
-        self.max_new_tokens = max_new_tokens
-        self.generation_kwargs = {"do_sample": False, **(generation_kwargs or {})}
-
-    def prompt(self, question: str, passages: list[Passage]) -> str:
-        user = QUESTION_PROMPT.format(context=format_context(passages), question=question)
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return f"{SYSTEM_PROMPT}\n\n{user}"
-
-    def answer(self, question: str, passages: list[Passage]) -> Answer:
-        import torch
-
-        if not passages:
-            return Answer(NOTHING_RELEVANT, [])
-        limit = getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
-        budget = max(16, min(int(limit), 100_000) - (0 if self.is_seq2seq else self.max_new_tokens))
-        tokens = self.tokenizer(self.prompt(question, passages), return_tensors="pt", truncation=True, max_length=budget).to(self.device)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with torch.inference_mode():
-            output = self.model.generate(**tokens, max_new_tokens=self.max_new_tokens, pad_token_id=pad, **self.generation_kwargs)
-        new_tokens = output[0] if self.is_seq2seq else output[0, tokens["input_ids"].shape[1] :]
-        return Answer(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), unique_sources(passages))

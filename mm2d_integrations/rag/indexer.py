@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,12 @@ from typing import Any
 from tqdm import tqdm
 
 from mm2d_integrations.chroma import FunnelIndex
-from mm2d_integrations.documents import CHUNK_OVERLAP, CHUNK_SIZE, LoadedFolder, load_folder, split_documents
+from mm2d_integrations.documents import Chunking, LoadedFolder, SourceDocument, from_framework_documents, load_folder, split_documents
 
-__all__ = ["BATCH", "IndexReport", "held_ids", "index_folder", "stored_ids"]
+__all__ = ["BATCH", "DocumentsInput", "IndexReport", "exactly_by_default", "held_ids", "index_folder", "read_input", "source_of", "stored_ids"]
+
+# A folder, a folder already read, or documents: ours, LangChain's or LlamaIndex's.
+DocumentsInput = str | Path | LoadedFolder | Sequence[Any]
 
 BATCH = 64
 
@@ -50,25 +54,55 @@ def held_ids(collection: Any) -> tuple[set[str], set[str]]:
     return set.intersection(*held), set.union(*held)
 
 
+def read_input(documents: DocumentsInput) -> LoadedFolder:
+    """A folder read, or documents (ours, LangChain's or LlamaIndex's) as ours."""
+    if isinstance(documents, LoadedFolder):
+        return documents
+    if isinstance(documents, (str, Path)):
+        return load_folder(documents)
+    given = list(documents)
+    if all(isinstance(document, SourceDocument) for document in given):
+        return LoadedFolder(given)
+    return LoadedFolder(from_framework_documents(given))
+
+
+def exactly_by_default(documents: DocumentsInput) -> bool:
+    """A folder is indexed exactly (its removed files' chunks go); a list of documents adds to the index."""
+    return isinstance(documents, (str, Path, LoadedFolder))
+
+
+def source_of(chunk_id: str) -> str:
+    """The source part of a chunk id (`source#index#hash`)."""
+    return chunk_id.rsplit("#", 2)[0]
+
+
 def index_folder(
-    folder: str | Path | LoadedFolder,
+    documents: DocumentsInput,
     collection: Any,
     *,
-    chunk_size: int = CHUNK_SIZE,
-    chunk_overlap: int = CHUNK_OVERLAP,
+    chunking: Chunking | None = None,
+    exactly: bool | None = None,
     show_progress: bool = False,
 ) -> IndexReport:
-    """Make `collection` hold exactly the chunks of `folder`, embedding only chunks it lacks.
+    """Make `collection` hold the chunks of `documents`, embedding only chunks it lacks.
 
+    `documents`: a folder (or one read by `load_folder`), or a list of documents: ours
+    (`SourceDocument`), LangChain's or LlamaIndex's, whose metadata each chunk keeps.
     `collection`: a Chroma collection, or a `FunnelIndex`, whose two collections are kept in sync
     (a chunk either lacks is embedded once and written to both).
+    `chunking`: how documents are cut (default: 800 characters; `index` cuts by the model's tokens).
+    `exactly`: the collection then holds exactly these documents, every other source's chunks removed;
+    else only the given sources' stale chunks are. Default: exactly a folder; documents given as a
+    list add to (or replace their own source's chunks in) what is held, as a loader may give one file.
     New chunks are written before stale ones are deleted, and ids are derived from content, so an
     interrupted run leaves no duplicates and the next run completes it.
     """
-    loaded = folder if isinstance(folder, LoadedFolder) else load_folder(folder)
-    chunks = split_documents(loaded.documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    loaded = read_input(documents)
+    exactly = exactly_by_default(documents) if exactly is None else exactly
+    chunks = split_documents(loaded.documents, chunking)
     complete, existing = held_ids(collection)
     wanted = {chunk.id for chunk in chunks}
+    sources = {document.source for document in loaded.documents}
     missing = [chunk for chunk in chunks if chunk.id not in complete]
     with tqdm(total=len(missing), desc="indexing", unit="chunk", disable=not show_progress) as progress:
         for start in range(0, len(missing), BATCH):
@@ -79,7 +113,7 @@ def index_folder(
                 metadatas=[chunk.metadata for chunk in batch],
             )
             progress.update(len(batch))
-    stale = sorted(existing - wanted)
+    stale = sorted(chunk_id for chunk_id in existing - wanted if exactly or source_of(chunk_id) in sources)
     for start in range(0, len(stale), 5000):
         collection.delete(ids=stale[start : start + 5000])
     return IndexReport(

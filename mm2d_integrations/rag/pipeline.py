@@ -10,13 +10,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mm2d_integrations.chroma import FunnelIndex, chroma_client, has_collection, open_collection, stored_embedding_function
-from mm2d_integrations.documents import LoadedFolder, load_folder
+from mm2d_integrations.documents import Chunking
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.rag import FRAMEWORKS, Framework
-from mm2d_integrations.rag.generators import EXTRACTIVE, Answer, ExtractiveAnswerer, Generator, TransformersGenerator
-from mm2d_integrations.rag.indexer import IndexReport, index_folder
+from mm2d_integrations.rag.generators import EXTRACTIVE, Answer, ExtractiveAnswerer, Generator
+from mm2d_integrations.rag.indexer import DocumentsInput, IndexReport, exactly_by_default, index_folder, read_input
 from mm2d_integrations.settings import default_model
 from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, IndexBusy, MissingIndex, check_collection_name
 
@@ -88,11 +88,22 @@ class Store:
         return Matryoshka2DEncoder(self.model or default_model(), self.options)
 
 
-def index(folder: str | Path | LoadedFolder, store: Store, *, show_progress: bool = False) -> IndexReport:
-    """Make the store's collection (and its shortlist collection) hold exactly the chunks of `folder`
-    (see `index_folder`). The folder is read before any model loads; a second run on the same store
-    while one is writing is an `IndexBusy`."""
-    loaded = folder if isinstance(folder, LoadedFolder) else load_folder(folder)
+def index(
+    documents: DocumentsInput,
+    store: Store,
+    *,
+    chunking: Chunking | None = None,
+    exactly: bool | None = None,
+    show_progress: bool = False,
+) -> IndexReport:
+    """Make the store's collection (and its shortlist collection) hold the chunks of `documents`: a
+    folder, or LangChain / LlamaIndex / our documents (see `index_folder`, and its `exactly`).
+
+    `chunking`: default, chunks the encoder embeds whole, measured with its own tokenizer
+    (`Chunking.by_tokens`); `Chunking()` gives 800-character chunks. The documents are read before any
+    model loads; a second run on the same store while one is writing is an `IndexBusy`."""
+    loaded = read_input(documents)
+    exactly = exactly_by_default(documents) if exactly is None else exactly
     lock = store.writer_lock()
     try:
         lock.acquire()
@@ -105,14 +116,19 @@ def index(folder: str | Path | LoadedFolder, store: Store, *, show_progress: boo
             target = open_collection(encoder, store.collection, client=client)
         else:
             target = FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
-        return index_folder(loaded, target, show_progress=show_progress)
+        return index_folder(loaded, target, chunking=chunking or Chunking.by_tokens(encoder), exactly=exactly, show_progress=show_progress)
     finally:
         lock.release()
 
 
-def make_generator(name: str, encoder: Matryoshka2DEncoder) -> Generator:
-    """`extractive` (offline, no set-up) or a transformers model's hub id or folder."""
-    return ExtractiveAnswerer(encoder) if name == EXTRACTIVE else TransformersGenerator(name)
+def make_generator(name: str, encoder: Matryoshka2DEncoder, framework: Framework = "langchain") -> Any:
+    """`extractive` (offline, no set-up: our `ExtractiveAnswerer`), else a causal language model's hub id
+    or folder as `framework`'s own local LLM class (`local_llm`)."""
+    if name == EXTRACTIVE:
+        return ExtractiveAnswerer(encoder)
+    from mm2d_integrations.rag.local_llms import local_llm
+
+    return local_llm(name, framework)
 
 
 def ask(
@@ -135,7 +151,7 @@ def ask(
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     client = store.existing_client()
     encoder = store.encoder_for(client)
-    chosen = make_generator(generator, encoder) if isinstance(generator, str) else generator
+    chosen = make_generator(generator, encoder, framework) if isinstance(generator, str) else generator
     if funnel is not None:
         funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False)
         return _ask_funnel(question, funnel_index, framework, chosen, k, funnel.shortlist_factor)
