@@ -16,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from mm2d_integrations.loading import LoadedModel, load_model
+from mm2d_integrations.onnx_backend import onnx_model
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.pooling import check_pooling, pool
-from mm2d_integrations.runtime import dtype_name, resolve_device, resolve_dtype, resolve_precision
+from mm2d_integrations.runtime import dtype_name, resolve_backend, resolve_device, resolve_dtype, resolve_precision
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
@@ -87,6 +88,8 @@ class Matryoshka2DEncoder:
             allow_pickle=given.allow_pickle,
             show_progress=given.show_progress,
         )
+        self.backend = resolve_backend(given.backend, self.device, self.dtype)
+        self._onnx = onnx_model(self._loaded) if self.backend == "onnx" else None
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
         self.show_progress = bool(given.show_progress)
@@ -99,11 +102,8 @@ class Matryoshka2DEncoder:
             if given.max_length is not None
             else settings.max_length
         )
-        self._dimensions = (
-            self.max_dimensions
-            if given.dimensions is None
-            else check_int_in_range("dimensions", given.dimensions, 1, self.max_dimensions)
-        )
+        dimensions = given.dimensions if given.dimensions is not None else settings.dimensions  # truncate_dim of a folder
+        self._dimensions = self.max_dimensions if dimensions is None else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
         self._given = given
 
     @property
@@ -134,6 +134,11 @@ class Matryoshka2DEncoder:
     def source(self) -> ModelSource:
         """Where the weights came from."""
         return self._loaded.source
+
+    @property
+    def loaded_model(self) -> LoadedModel:
+        """The tokenizer, cut transformer and heads this encoder runs (shared: read, do not change)."""
+        return self._loaded
 
     @property
     def transformer_layers(self) -> torch.nn.ModuleList:
@@ -247,22 +252,25 @@ class Matryoshka2DEncoder:
     @torch.inference_mode()
     def _forward(self, token_ids: list[list[int]], num_layers: list[int]) -> dict[int, np.ndarray]:
         input_ids, attention_mask = self._pad(token_ids)
-        with self._autocast():
-            output = self._loaded.model(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=num_layers != [self.num_layers]
-            )
+        hidden_states = self._hidden_states(input_ids, attention_mask, num_layers)
         final_norm = self._loaded.final_norm
         pooled = {}
         for kept in num_layers:
-            if kept == self.num_layers:
-                hidden = output.last_hidden_state
-            else:
-                hidden = output.hidden_states[kept]
-                hidden = final_norm(hidden) if final_norm is not None else hidden
+            hidden = hidden_states[kept]
+            if kept != self.num_layers and final_norm is not None:
+                hidden = final_norm(hidden)
             vectors = pool(hidden.float(), attention_mask, self.pooling)
             vectors = self._loaded.exit_heads.apply(kept, vectors)  # none at full depth
             pooled[kept] = vectors.cpu().numpy()
         return pooled
+
+    def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depths: list[int]) -> dict[int, torch.Tensor]:
+        """{depth: hidden state after that many layers} from one pass of the backend."""
+        if self._onnx is not None:
+            return self._onnx(input_ids, attention_mask, depths)
+        with self._autocast():
+            output = self._loaded.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=depths != [self.num_layers])
+        return {depth: output.last_hidden_state if depth == self.num_layers else output.hidden_states[depth] for depth in depths}
 
     def __repr__(self) -> str:
         return (

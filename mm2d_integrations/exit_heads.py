@@ -20,7 +20,10 @@ from safetensors.torch import load_file, save
 
 from mm2d_integrations.source import ModelSource
 
-__all__ = ["FORMAT", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
+__all__ = [
+    "DENSE_ACTIVATIONS", "FORMAT", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "ExitHead", "ExitHeads", "read_dense_modules",
+    "read_exit_heads", "save_exit_heads",
+]
 
 HEADS_FILE = "mm2d_exit_heads.safetensors"
 HEADS_CONFIG = "mm2d_exit_heads.json"
@@ -62,13 +65,17 @@ class ExitHeads:
 
     heads: dict[int, ExitHead] = field(default_factory=dict)
     pooling: str | None = None
+    dense: tuple[torch.nn.Module, ...] = ()  # the checkpoint's sentence-transformers Dense modules, at every depth
 
     def apply(self, depth: int, pooled: torch.Tensor) -> torch.Tensor:
-        """The head of `depth` applied to pooled vectors; a depth without a head is left as it is."""
+        """The head of `depth` applied to pooled vectors (a depth without a head is left as it is),
+        then the checkpoint's Dense modules, which sentence-transformers applies at any depth."""
         head = self.heads.get(depth)
-        if head is None:
-            return pooled
-        return head(pooled.to(head.mean.dtype))
+        if head is not None:
+            pooled = head(pooled.to(head.mean.dtype))
+        for module in self.dense:
+            pooled = module(pooled.to(module[0].weight.dtype))
+        return pooled
 
     def check_pooling(self, pooling: str) -> None:
         """Heads are learned on one pooling; another gives vectors they were never trained on."""
@@ -115,5 +122,38 @@ def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: to
             head.load_state_dict(own)
         except RuntimeError as error:
             raise ValueError(f"model {source.name!r}: {HEADS_FILE} does not match {HEADS_CONFIG} at depth {depth}: {error}") from None
-        heads[depth] = head.to(device).eval()
+        heads[depth] = head.to(device).eval().requires_grad_(False)  # inference only (and constants in a graph export)
     return ExitHeads(heads, config.get("pooling"))
+
+
+# sentence-transformers' name of a Dense module's activation -> the module; anything else is refused.
+DENSE_ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "torch.nn.modules.linear.Identity": torch.nn.Identity,
+    "torch.nn.modules.activation.Tanh": torch.nn.Tanh,
+}
+
+
+def read_dense_modules(source: ModelSource, width: int, device: torch.device) -> tuple[torch.nn.Module, ...]:
+    """The sentence-transformers Dense modules of a checkpoint (`mm2d export` writes a folded exit head
+    as one), each as linear + activation; only width-keeping ones, as dimensions are cut from `width`."""
+    modules = []
+    for module in source.json("modules.json") or []:
+        if module.get("type", "").rsplit(".", 1)[-1] != "Dense":
+            continue
+        folder = module.get("path", "")
+        config = source.json(f"{folder}/config.json") or {}
+        activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+        if activation not in DENSE_ACTIVATIONS:
+            raise ValueError(f"model {source.name!r}: Dense module {folder!r} has activation {activation!r}; supported: {', '.join(DENSE_ACTIVATIONS)}")
+        if config.get("in_features") != width or config.get("out_features") != width or config.get("use_residual"):
+            raise ValueError(
+                f"model {source.name!r}: Dense module {folder!r} maps {config.get('in_features')} to {config.get('out_features')} "
+                f"dimensions; this encoder supports Dense modules that keep the width {width}, without residual"
+            )
+        weights_path = source.file(f"{folder}/model.safetensors")
+        if weights_path is None:
+            raise FileNotFoundError(f"model {source.name!r}: Dense module {folder!r} has no model.safetensors")
+        linear = torch.nn.Linear(width, width, bias=bool(config.get("bias", True)))
+        linear.load_state_dict({name.removeprefix("linear."): value for name, value in load_file(str(weights_path)).items()})
+        modules.append(torch.nn.Sequential(linear, DENSE_ACTIVATIONS[activation]()).to(device).eval().requires_grad_(False))
+    return tuple(modules)

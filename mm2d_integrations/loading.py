@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mm2d_integrations.exit_heads import ExitHeads, read_exit_heads
+from mm2d_integrations.exit_heads import ExitHeads, read_dense_modules, read_exit_heads
 from mm2d_integrations.pooling import POOLING_MODES
 from mm2d_integrations.settings import KNOWN_MODELS, ModelSettings, read_sentence_transformers_settings
 from mm2d_integrations.source import ModelSource
@@ -79,6 +79,7 @@ class LoadedModel:
     settings: ModelSettings
     exit_heads: ExitHeads = field(default_factory=ExitHeads)  # learned by `mm2d adapt`; none for most models
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    sessions: dict[str, Any] = field(default_factory=dict)  # other backends' runners of this model, made on first use
 
     @property
     def hidden_size(self) -> int:
@@ -187,7 +188,10 @@ def _load(
         max_layers=max_layers,
         num_layers=kept,
         settings=settings,
-        exit_heads=read_exit_heads(source, max_layers, int(config.hidden_size), device),
+        exit_heads=replace(
+            read_exit_heads(source, max_layers, int(config.hidden_size), device),
+            dense=read_dense_modules(source, int(config.hidden_size), device),
+        ),
     )
 
 

@@ -42,6 +42,10 @@ class EncoderOptions:
     device: str | None = _option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
     dtype: str | None = _option(None, "weights in float32 (default), bfloat16 or float16")
     precision: str = _option("float32", "float32 (exact) or bf16 (bfloat16 products: about 2x faster on CPUs with native bf16)")
+    backend: str = _option(
+        "torch", "torch, or onnx: ONNX Runtime over the cut model (exported once per model and depth, cached on disk; "
+        "the faster float32 on CPUs without bfloat16)"
+    )
     revision: str | None = _option(None, "hub revision (branch, tag or commit) of a hub id")
     trust_remote_code: bool = _option(False, "run the checkpoint's own Python code (auto_map)", restored=False)
     allow_pickle: bool = _option(False, "load pickle weights (*.bin), which can run code", restored=False)

