@@ -99,6 +99,8 @@ class OnnxModel:
         self.path = self._graph(loaded, precision)
         session_options = onnxruntime.SessionOptions()
         session_options.intra_op_num_threads = threads or torch.get_num_threads()
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # idle threads sleep, as torch's do under this setting
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(self.path), session_options, providers=["CPUExecutionProvider"])
 
     def _graph(self, loaded: LoadedModel, precision: str) -> Path:
