@@ -22,9 +22,8 @@ import torch
 from mm2d_integrations.loading import LoadedModel
 from mm2d_integrations.validation import install_hint
 
-__all__ = ["GRAPH_PRECISIONS", "OnnxModel", "cache_dir", "export_graph", "hidden_state_names", "onnx_model", "quantize_graph", "run_graph"]
+__all__ = ["OnnxModel", "cache_dir", "export_graph", "hidden_state_names", "onnx_model", "run_graph"]
 
-GRAPH_PRECISIONS = ("float32", "int8")
 _INPUTS = ["input_ids", "attention_mask"]
 _lock = threading.Lock()
 
@@ -73,11 +72,6 @@ def export_graph(module: torch.nn.Module, path: Path, output_names: list[str]) -
             os.unlink(temporary)
 
 
-def quantize_graph(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation of the graph's matrix products (see docs/performance.md for its quality)."""
-    raise NotImplementedError
-
-
 class _HiddenStates(torch.nn.Module):
     """The transformer returning every kept layer's hidden state, the graph's outputs."""
 
@@ -93,26 +87,24 @@ class _HiddenStates(torch.nn.Module):
 class OnnxModel:
     """A loaded model's transformer as an ONNX Runtime session (exported on first use, then cached)."""
 
-    def __init__(self, loaded: LoadedModel, precision: str = "float32", threads: int | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
         onnxruntime = _onnxruntime()
         self.num_layers = loaded.num_layers
-        self.path = self._graph(loaded, precision)
+        self.path = self._graph(loaded)
         session_options = onnxruntime.SessionOptions()
         session_options.intra_op_num_threads = threads or torch.get_num_threads()
         if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # idle threads sleep, as torch's do under this setting
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(self.path), session_options, providers=["CPUExecutionProvider"])
 
-    def _graph(self, loaded: LoadedModel, precision: str) -> Path:
-        key = "|".join(map(str, (loaded.source.reference, loaded.weights_id, loaded.num_layers, precision, torch.__version__)))
-        path = cache_dir() / "onnx" / f"{Path(loaded.source.name).name}-{loaded.num_layers}l-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+    def _graph(self, loaded: LoadedModel) -> Path:
+        key = "|".join(map(str, (loaded.source.reference, loaded.weights_id, loaded.num_layers, torch.__version__)))
+        path = cache_dir() / "onnx" / f"{Path(loaded.source.name).name}-{loaded.num_layers}l-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
         with _lock:
             if not path.is_file():
                 if loaded.model.device.type != "cpu" or loaded.model.dtype != torch.float32:
                     raise ValueError("backend='onnx' needs the model on the cpu in float32 (device='cpu', dtype='float32')")
                 export_graph(_HiddenStates(loaded.model), path, hidden_state_names(loaded.num_layers))
-                if precision == "int8":
-                    quantize_graph(path, path)
         return path
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depths: list[int]) -> dict[int, torch.Tensor]:
@@ -123,14 +115,14 @@ class OnnxModel:
         return {depth: torch.from_numpy(np.asarray(output)) for depth, output in zip(depths, outputs)}
 
 
-def onnx_model(loaded: LoadedModel, precision: str = "float32") -> OnnxModel:
-    """The ONNX Runtime session of `loaded` in `precision`, shared by every encoder of this process."""
+def onnx_model(loaded: LoadedModel) -> OnnxModel:
+    """The ONNX Runtime session of `loaded`, shared by every encoder of this process."""
     with _lock:
-        session = loaded.sessions.get(f"onnx-{precision}")
+        session = loaded.sessions.get("onnx")
     if session is None:
-        session = OnnxModel(loaded, precision)
+        session = OnnxModel(loaded)
         with _lock:
-            session = loaded.sessions.setdefault(f"onnx-{precision}", session)
+            session = loaded.sessions.setdefault("onnx", session)
     return session
 
 

@@ -123,3 +123,9 @@ def test_the_export_command(tiny_base: Path, tmp_path: Path, capsys: pytest.Capt
     assert _min_cosine(_sentence_transformer(out).encode(TEXTS), Matryoshka2DEncoder(tiny_base, num_layers=2, dimensions=16).encode_documents(TEXTS)) >= 0.99999
     assert main(["export", "--model", str(tiny_base), "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_no_int8_export_is_offered(tiny_base: Path, tmp_path: Path) -> None:
+    """int8 missed its quality bar (docs/performance.md), so it is refused rather than shipped."""
+    with pytest.raises(ValueError, match="precision must be one of float32, got 'int8'"):
+        export_model(tiny_base, tmp_path / "int8", format="onnx", precision="int8")
