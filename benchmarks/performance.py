@@ -35,7 +35,7 @@ from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions  # noqa: 
 from mm2d_integrations.documents import load_folder, split_documents  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
 from mm2d_integrations.evaluation.metrics import spearman  # noqa: E402
-from mm2d_integrations.onnx_backend import onnx_model  # noqa: E402
+from mm2d_integrations.onnx_backend import OnnxModel  # noqa: E402
 
 
 def model_path() -> str:
@@ -163,7 +163,7 @@ def main() -> None:
     Matryoshka2DEncoder(path, backend="onnx", num_layers=3)
     print(f"backend='onnx': export of the 3-layer graph and session start {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    onnx_model(exact.loaded_model)  # a new session over the cached graph, as a new process would start
+    OnnxModel(exact.loaded_model)  # a new session over the cached graph, as a new process would start
     print(f"backend='onnx': session start from the cached graph {time.perf_counter() - started:.1f} s")
 
     theirs = reference.encode(texts, normalize_embeddings=True)
