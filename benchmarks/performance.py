@@ -1,7 +1,8 @@
 """Our encoder against sentence-transformers, in one run, on the same model and depth.
 
 Prints ratios against baselines measured in this same run: throughput (texts/s), single-query
-latency, model load time and peak RSS (each load in a fresh process), depth (half against full),
+latency, model load time and peak RSS (each load in a fresh process), the ONNX Runtime backend
+(float32, the same model exported in this run, with its one-time export cost), depth (half against full),
 compute_precision (bf16 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
 fixed count), and Chroma query latency and on-disk size at 384, 128 and 64 dimensions.
 
@@ -36,6 +37,7 @@ from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions  # noqa: 
 from mm2d_integrations.documents import load_folder, split_documents  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
 from mm2d_integrations.evaluation.metrics import spearman  # noqa: E402
+from mm2d_integrations.onnx_backend import OnnxModel  # noqa: E402
 
 
 def model_path() -> str:
@@ -141,6 +143,7 @@ def main() -> None:
     parser.add_argument("stsb", type=Path, help="folder with sts-dev.csv and sts-train.csv")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chroma-vectors", type=int, default=20_000)
+    parser.add_argument("--throughput-only", action="store_true", help="stop after the throughput table (skip latency, memory, Chroma)")
     args = parser.parse_args()
     import torch
     from sentence_transformers import SentenceTransformer
@@ -154,13 +157,24 @@ def main() -> None:
     fixed = Matryoshka2DEncoder(path, max_batch_tokens=1 << 40)  # batches of 32 texts, whatever their length
     fast = Matryoshka2DEncoder(path, compute_precision="bf16")
     half = Matryoshka2DEncoder(path, num_layers=3)
+    os.environ["MM2D_CACHE_DIR"] = tempfile.mkdtemp(prefix="mm2d-bench-cache-")  # a cold cache: the export is timed
+    started = time.perf_counter()
+    onnx = Matryoshka2DEncoder(path, backend="onnx")
+    print(f"backend='onnx': export of the 6-layer graph and session start {time.perf_counter() - started:.1f} s (once per model and depth)")
+    started = time.perf_counter()
+    Matryoshka2DEncoder(path, backend="onnx", num_layers=3)
+    print(f"backend='onnx': export of the 3-layer graph and session start {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    OnnxModel(exact.loaded_model)  # a new session over the cached graph, as a new process would start
+    print(f"backend='onnx': session start from the cached graph {time.perf_counter() - started:.1f} s")
 
     theirs = reference.encode(texts, normalize_embeddings=True)
     ours = exact.encode_documents(texts)
     print(f"float32 output against sentence-transformers: min cosine {float((ours * theirs).sum(1).min()):.7f}")
     print(f"bf16 output against float32: min cosine {float((fast.encode_documents(texts) * ours).sum(1).min()):.5f}")
+    print(f"onnx float32 output against sentence-transformers: min cosine {float((onnx.encode_documents(texts) * theirs).sum(1).min()):.7f}")
     pairs = read_sts(args.stsb / "sts-dev.csv")
-    for name, encoder in (("float32", exact), ("bf16", fast)):
+    for name, encoder in (("float32", exact), ("bf16", fast), ("onnx float32", onnx)):
         first, second = encoder.encode_documents(pairs.first), encoder.encode_documents(pairs.second)
         print(f"STS dev Spearman x100, {name}: {100 * spearman((first * second).sum(1), pairs.scores):.2f}")
 
@@ -170,6 +184,7 @@ def main() -> None:
             "ours float32": lambda: exact.encode_documents(texts),
             "ours float32, fixed count of 32": lambda: fixed.encode_documents(texts),
             "ours bf16": lambda: fast.encode_documents(texts),
+            "ours onnx float32": lambda: onnx.encode_documents(texts),
             "ours float32, 3 of 6 layers": lambda: half.encode_documents(texts),
         },
         args.repeats,
@@ -180,6 +195,8 @@ def main() -> None:
         print(f"  {name:34s} {len(texts) / wall:7.0f} texts/s  {baseline / wall:5.2f}x  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
     print(f"  half depth against full depth: {timings['ours float32'][0] / timings['ours float32, 3 of 6 layers'][0]:.2f}x")
 
+    if args.throughput_only:
+        return
     queries = pairs.first[:200]
     reference_latency = query_latency(lambda batch: reference.encode(batch), queries)
     our_latency = query_latency(exact.encode_queries, queries)

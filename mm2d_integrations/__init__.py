@@ -10,9 +10,10 @@ from typing import Any
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.options import EncoderOptions
+from mm2d_integrations.runtime import BACKENDS
 
 __all__ = [
-    "EncoderOptions", "Matryoshka2DEmbedding", "Matryoshka2DEmbeddingFunction", "Matryoshka2DEmbeddings",
+    "BACKENDS", "EncoderOptions", "Matryoshka2DEmbedding", "Matryoshka2DEmbeddingFunction", "Matryoshka2DEmbeddings",
     "Matryoshka2DEncoder", "truncate_dimensions",
 ]
 __version__ = "0.1.0"

@@ -11,7 +11,6 @@ unchanged beside the heads, so full depth stays bit-identical.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -26,6 +25,7 @@ import torch
 from mm2d_integrations.documents import load_folder, split_documents
 from mm2d_integrations.encoder import Matryoshka2DEncoder
 from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
+from mm2d_integrations.folders import check_new_folder, staged_folder
 from mm2d_integrations.validation import check_int_in_range
 
 __all__ = ["AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HELD_OUT_SHARE", "LEARNING_RATE", "LOW_RANK", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "RIDGE_PENALTIES", "adapt", "fit_head", "fit_ridge", "mean_cosine", "read_corpus"]
@@ -113,7 +113,7 @@ def adapt(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     check_int_in_range("epochs", epochs, 1, 10_000)
-    out = _check_out(Path(out))
+    out = check_new_folder(out)
     texts = _sample(list(dict.fromkeys(texts)), max_texts, seed)
     teacher = Matryoshka2DEncoder(model, batch_size=batch_size, device=device)
     if teacher.source.file(HEADS_CONFIG) is not None:
@@ -140,14 +140,6 @@ def adapt(
     _write_folder(teacher, heads, report, out, method)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _check_out(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"out {str(out)!r} exists and is not an empty folder; give a new folder")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"out: folder {str(out.parent)!r} does not exist")
-    return out
 
 
 def _sample(texts: list[str], max_texts: int | None, seed: int) -> list[str]:
@@ -269,9 +261,7 @@ def _write_folder(teacher: Matryoshka2DEncoder, heads: dict[int, ExitHead], repo
     """The base model's files, unchanged, plus the heads; written aside and moved in at the end."""
     source = teacher.source
     folder = source.local_dir or source.file("config.json").parent
-    staging = out.parent / f".{out.name}.mm2d-adapt-{os.getpid()}"
-    staging.mkdir()
-    try:
+    with staged_folder(out, "mm2d-adapt") as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", HEADS_FILE, HEADS_CONFIG))
         description = {
             "teacher": {"model": teacher.model_name, "weights": teacher.fingerprint["weights"], "num_layers": teacher.max_layers},
@@ -287,6 +277,3 @@ def _write_folder(teacher: Matryoshka2DEncoder, heads: dict[int, ExitHead], repo
             },
         }
         save_exit_heads(staging, heads, description)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

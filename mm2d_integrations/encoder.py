@@ -20,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from mm2d_integrations.loading import LoadedModel, load_model
+from mm2d_integrations.onnx_backend import onnx_model
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.pooling import check_pooling, pool
-from mm2d_integrations.runtime import dtype_name, resolve_compute_precision, resolve_device, resolve_dtype
+from mm2d_integrations.runtime import dtype_name, resolve_backend, resolve_compute_precision, resolve_device, resolve_dtype
 from mm2d_integrations.settings import SHARED_SPACE_DEPTHS
 from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
@@ -141,6 +142,8 @@ class Matryoshka2DEncoder:
             else check_int_in_range("query_num_layers", given.query_num_layers, 1, loaded)
         )
         self._check_query_depth()
+        self.backend = resolve_backend(given.backend, self.device, self.dtype)
+        self._onnx = onnx_model(self._loaded) if self.backend == "onnx" else None
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
         self.show_progress = bool(given.show_progress)
@@ -228,6 +231,11 @@ class Matryoshka2DEncoder:
     def source(self) -> ModelSource:
         """Where the weights came from."""
         return self._loaded.source
+
+    @property
+    def loaded_model(self) -> LoadedModel:
+        """The tokenizer, cut transformer and heads this encoder runs (shared: read, do not change)."""
+        return self._loaded
 
     @property
     def transformer_layers(self) -> torch.nn.ModuleList:
@@ -409,26 +417,31 @@ class Matryoshka2DEncoder:
         left out of pooling. One depth runs only its layers (queries shallower than the loaded model
         included); several run every loaded layer and read each off."""
         input_ids, attention_mask = self._pad(token_ids)
-        single = len(num_layers) == 1
-        deepest = num_layers[0] if single else self._loaded.num_layers
-        with self._autocast():
-            output = self._loaded.cut(deepest)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
-        final_norm = self._loaded.final_norm
+        hidden_states = self._hidden_states(input_ids, attention_mask, num_layers)
         pooling_mask = attention_mask
         if skipped:
             pooling_mask = attention_mask.clone()
             pooling_mask[:, :skipped] = 0
         pooled = {}
         for kept in num_layers:
-            if kept == deepest:
-                hidden = output.last_hidden_state
-            else:
-                hidden = output.hidden_states[kept]
-                hidden = final_norm(hidden) if final_norm is not None else hidden
-            vectors = pool(hidden.float(), pooling_mask, self.pooling)
+            vectors = pool(hidden_states[kept].float(), pooling_mask, self.pooling)
             vectors = self._loaded.exit_heads.apply(kept, vectors)  # none at full depth
             pooled[kept] = vectors.cpu().numpy()
         return pooled
+
+    def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: list[int]) -> dict[int, torch.Tensor]:
+        """{kept: hidden state after that many layers (the architecture's final norm applied)} from one
+        pass of the backend. With torch, one depth runs only its layers (a view sharing the weights)."""
+        if self._onnx is not None:
+            last, states = self._loaded.num_layers, self._onnx(input_ids, attention_mask, num_layers)
+        else:
+            single = len(num_layers) == 1
+            last = num_layers[0] if single else self._loaded.num_layers
+            with self._autocast():
+                output = self._loaded.cut(last)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
+            states = {kept: output.last_hidden_state if kept == last else output.hidden_states[kept] for kept in num_layers}
+        final_norm = self._loaded.final_norm
+        return {kept: hidden if kept == last or final_norm is None else final_norm(hidden) for kept, hidden in states.items()}
 
     def __repr__(self) -> str:
         queries = f", query_num_layers={self.query_num_layers}" if self.query_num_layers != self.num_layers else ""

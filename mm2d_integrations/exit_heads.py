@@ -115,5 +115,6 @@ def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: to
             head.load_state_dict(own)
         except RuntimeError as error:
             raise ValueError(f"model {source.name!r}: {HEADS_FILE} does not match {HEADS_CONFIG} at depth {depth}: {error}") from None
-        heads[depth] = head.to(device).eval()
+        heads[depth] = head.to(device).eval().requires_grad_(False)  # inference only (and constants in a graph export)
     return ExitHeads(heads, config.get("pooling"))
+

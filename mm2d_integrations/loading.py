@@ -112,6 +112,7 @@ class LoadedModel:
     dense: DenseStack = field(default_factory=DenseStack)  # sentence-transformers Dense modules; none for most models
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     _views: dict[int, PreTrainedModel] = field(default_factory=dict, repr=False)
+    sessions: dict[str, Any] = field(default_factory=dict)  # other backends' runners of this model, made on first use
 
     @property
     def hidden_size(self) -> int:

