@@ -193,7 +193,7 @@ def _stored_recipe(config: dict[str, Any]) -> EncoderRecipe | RemoteRecipe:
     """A stored configuration as a recipe: what a function not yet built pickles as."""
     space = tuple((key, config.get(key)) for key in SPACE_KEYS)
     if config.get("base_url"):
-        return RemoteRecipe(config["base_url"], config["model"], _remote_options(config), space)
+        return RemoteRecipe(config["model"], _remote_options(config), space, config["base_url"])
     return EncoderRecipe(config["model"], EncoderOptions.from_config(config), space)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mm2d_integrations.encoder import SPACE_KEYS, space_id_of
+from mm2d_integrations.encoder import SPACE_KEYS, EncoderRecipe, space_id_of
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.validation import check_int_in_range, check_texts, install_hint
 
@@ -145,7 +145,7 @@ class RemoteEncoder:
     @property
     def recipe(self) -> RemoteRecipe:
         fingerprint = self.fingerprint
-        return RemoteRecipe(self.base_url, self.model_name, self._given, tuple((key, fingerprint[key]) for key in SPACE_KEYS))
+        return RemoteRecipe(self.model_name, self._given, tuple((key, fingerprint[key]) for key in SPACE_KEYS), self.base_url)
 
     def with_dimensions(self, dimensions: int) -> RemoteEncoder:
         """This encoder asking the endpoint for only the first `dimensions` components."""
@@ -209,17 +209,10 @@ class RemoteEncoder:
 
 
 @dataclass(frozen=True)
-class RemoteRecipe:
-    """What rebuilds a remote encoder in another process (its key from `MXBAI_API_KEY`)."""
+class RemoteRecipe(EncoderRecipe):
+    """An `EncoderRecipe` whose model is `base_url`'s: it rebuilds a remote encoder (its key from `MXBAI_API_KEY`)."""
 
-    base_url: str
-    model: str
-    options: EncoderOptions
-    space: tuple[tuple[str, Any], ...]
+    base_url: str = ""
 
-    @property
-    def space_id(self) -> str:
-        return space_id_of(dict(self.space))
-
-    def build(self) -> RemoteEncoder:
+    def build(self) -> RemoteEncoder:  # type: ignore[override]
         return RemoteEncoder(self.base_url, self.model, self.options)

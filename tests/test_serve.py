@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -190,3 +196,33 @@ def test_queued_requests_are_encoded_together_and_a_full_queue_answers_503(encod
     assert (batches["mm2d_batch_texts_count"], batches["mm2d_batch_texts_sum"]) == (2, 7)  # the three queued ones: one batch of 6 texts
     vectors = [item["embedding"] for item in queued[1].result().json()["data"]]
     assert _cosines(vectors, encoder.encode_documents(["text 1", "another"])).min() >= 0.99999
+
+
+def test_mm2d_serve_serves_the_cut_it_was_given(minilm_path: Path) -> None:
+    """The command itself, in a subprocess: encoder flags as for the other commands, key from the environment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "mm2d_integrations.cli", "serve", "--model", str(minilm_path), "--layers", "2", "--dims", "64",
+               "--served-model-name", MODEL, "--port", str(port)]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MM2D_API_KEY": "k"}
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+            threading.Event().wait(0.1)
+        assert httpx.get(base + "/health").json() == {"status": "ok", "model": MODEL, "num_layers": 2, "dimensions": 64}
+        response = mixedbread.Mixedbread(base_url=base, api_key="k", max_retries=0).embed(model=MODEL, input=TEXTS)
+        local = Matryoshka2DEncoder(minilm_path, num_layers=2, dimensions=64).encode_documents(TEXTS)
+        assert _cosines([item.embedding for item in response.data], local).min() >= 0.99999
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
