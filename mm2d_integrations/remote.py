@@ -83,9 +83,10 @@ class RemoteEncoder:
             try:
                 listing = self._call(self.client.get, "/v1/models", cast_to=object)
             except RemoteEmbeddingError as error:
-                if not isinstance(error.__cause__, (mixedbread.NotFoundError, mixedbread.AuthenticationError)):
+                cause = error.__cause__
+                if not isinstance(cause, mixedbread.APIStatusError) or cause.status_code >= 500:
                     raise
-                listing = {}  # not `mm2d serve`: the space is named by the endpoint's model
+                listing = {}  # no such list (not `mm2d serve`): the space is named by the endpoint's model
             entries = [entry for entry in (listing or {}).get("data", []) if isinstance(entry, dict) and entry.get("id") == self.model_name]
             self._served = dict(entries[0].get("mm2d") or {}) if entries else {}
         return self._served

@@ -122,3 +122,16 @@ def test_options_an_endpoint_cannot_honour_are_refused(url: str) -> None:
         RemoteEncoder(url, MODEL, pooling="cls", device="cpu")
     with pytest.raises(ValueError, match="pooling"):
         Matryoshka2DEmbeddings(model=MODEL, base_url=url, api_key=KEY, pooling="cls")
+
+
+def test_an_endpoint_that_lists_no_models_is_named_by_its_model() -> None:
+    other = FastAPI()
+
+    @other.post("/v1/embeddings")
+    async def embed() -> dict:
+        return {"model": MODEL, "data": [{"embedding": [0.6, 0.8], "index": 0}], "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                "normalized": True, "encoding_format": "float"}
+
+    with serving_in_background(other) as base:
+        remote = RemoteEncoder(base, MODEL, api_key=KEY)
+        assert remote.fingerprint["weights"] == "remote:minilm" and remote.dimensions == 2  # /v1/models is a 404 here
