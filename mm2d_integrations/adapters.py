@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, create_model
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationInfo, create_model
 
 from mm2d_integrations.compat import from_sentence_transformers
 from mm2d_integrations.encoder import EncoderHandle, Matryoshka2DEncoder
 from mm2d_integrations.options import EncoderOptions, option_specs
+from mm2d_integrations.remote import RemoteEncoder
 
 __all__ = ["EncoderHolder", "build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
 
@@ -27,12 +28,19 @@ class EncoderHolder(BaseModel):
 
     The encoder is held through an `EncoderHandle`, so that an adapter pickles as its fields and the
     encoder's recipe: a process that unpickles it loads the model on first use, once.
+
+    With `base_url` the encoder is a `RemoteEncoder` over that endpoint (mixedbread's API or `mm2d serve`)
+    and `model_name` is the endpoint's model. `api_key` (default: `MXBAI_API_KEY`) goes to the remote
+    encoder and the field is emptied: a secret is never pickled nor serialised.
     """
+
+    base_url: str | None = Field(default=None, description="an embedding endpoint (mixedbread's API or mm2d serve) instead of a local model")
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False, description="the endpoint's key (default: $MXBAI_API_KEY)")
 
     _encoder: EncoderHandle = PrivateAttr()
 
     @property
-    def encoder(self) -> Matryoshka2DEncoder:
+    def encoder(self) -> Matryoshka2DEncoder | RemoteEncoder:
         return self._encoder.get()
 
     @property
@@ -86,7 +94,13 @@ def build_encoder(adapter: Any, info: ValidationInfo, **renamed: Any) -> Encoder
         if twice:
             given_through = " or ".join(name for name in _THEIR_KWARGS if name in fields)
             raise ValueError(f"{', '.join(twice)} given both as field(s) and through {given_through}; give each once")
-        given = Matryoshka2DEncoder(adapter.model_name, **{**options, **renamed, **theirs})
+        resolved = EncoderOptions.of(**{**options, **renamed, **theirs})
+        if adapter.base_url is None:
+            given = Matryoshka2DEncoder(adapter.model_name, resolved)
+        else:
+            key = adapter.api_key.get_secret_value() if adapter.api_key is not None else None
+            given = RemoteEncoder(adapter.base_url, adapter.model_name, resolved, api_key=key)
+    adapter.api_key = None  # held by the remote encoder only
     for name in _THEIR_KWARGS:
         if name in fields:
             setattr(adapter, name, {})

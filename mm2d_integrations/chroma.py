@@ -20,6 +20,7 @@ import numpy as np
 from mm2d_integrations.encoder import SPACE_KEYS, EncoderHandle, EncoderRecipe, Matryoshka2DEncoder, space_differences, truncate_dimensions
 from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
 from mm2d_integrations.options import EncoderOptions
+from mm2d_integrations.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
 from mm2d_integrations.settings import default_model
 from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex, StoreUnavailable, check_collection_name
 from mm2d_integrations.validation import install_hint
@@ -52,9 +53,13 @@ def describe(config: dict[str, Any]) -> str:
     return ", ".join(f"{key}={config.get(key)!r}" for key in ("model", *SPACE_KEYS))
 
 
-def encoder_config(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
+def encoder_config(encoder: Matryoshka2DEncoder | RemoteEncoder) -> dict[str, Any]:
     """What rebuilds `encoder` elsewhere: its fingerprint, every restorable option, and a model
-    reference that resolves in another environment (hub id, `package:<module>`, or the folder)."""
+    reference that resolves in another environment (hub id, `package:<module>`, or the folder); for a
+    remote encoder, the endpoint's `base_url` and model (never its API key)."""
+    if isinstance(encoder, RemoteEncoder):
+        # the fingerprint last: it holds what the endpoint resolved where the options say None
+        return {**encoder.options.to_config(), **encoder.fingerprint, "base_url": encoder.base_url}
     return {**encoder.fingerprint, **encoder.options.to_config(), "model": encoder.source.reference}
 
 
@@ -62,8 +67,9 @@ def encoder_config(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
 class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
     """chromadb's embedding function protocol over a `Matryoshka2DEncoder`.
 
-    Give an `encoder` to wrap it, or a model and `EncoderOptions` (or their fields by name) to build one.
-    It pickles as its configuration, never the model: a process that unpickles it loads the model on
+    Give an `encoder` to wrap it, or a model and `EncoderOptions` (or their fields by name) to build one;
+    with `base_url`, the model is an endpoint's (mixedbread's API or `mm2d serve`, see `remote`), its
+    key `api_key` or `MXBAI_API_KEY`, which is never stored in the collection. It pickles as its configuration, never the model: a process that unpickles it loads the model on
     first use, once (see `EncoderHandle`).
     """
 
@@ -72,11 +78,17 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         model_name: str | Path | None = None,
         options: EncoderOptions | None = None,
         *,
-        encoder: Matryoshka2DEncoder | None = None,
+        encoder: Matryoshka2DEncoder | RemoteEncoder | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
         **overrides: Any,
     ) -> None:
-        if encoder is not None and (model_name is not None or options is not None or overrides):
+        if encoder is not None and (model_name is not None or options is not None or overrides or base_url is not None):
             raise ValueError("pass either an encoder or the options to build one, not both")
+        if encoder is None and base_url is not None:
+            if model_name is None:
+                raise ValueError("model_name must name the endpoint's model when base_url is given")
+            encoder = RemoteEncoder(base_url, str(model_name), options, api_key=api_key, **overrides)
         built = encoder or Matryoshka2DEncoder(model_name or default_model(), options, **overrides)
         self._handle: EncoderHandle | None = EncoderHandle(built)
         self._stored: dict[str, Any] | None = None
@@ -92,7 +104,7 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         return function
 
     @property
-    def encoder(self) -> Matryoshka2DEncoder:
+    def encoder(self) -> Matryoshka2DEncoder | RemoteEncoder:
         with self._lock:
             if self._handle is None:
                 assert self._stored is not None
@@ -153,11 +165,15 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
             )
 
 
-def _rebuild(config: dict[str, Any]) -> Matryoshka2DEncoder:
+def _rebuild(config: dict[str, Any]) -> Matryoshka2DEncoder | RemoteEncoder:
     """The encoder a stored configuration names, checked to give the stored embedding space.
     trust_remote_code and allow_pickle are never restored: a model that needs them fails to load,
-    with a message naming the argument to pass."""
-    encoder = Matryoshka2DEncoder(config["model"], EncoderOptions.from_config(config))
+    with a message naming the argument to pass. A remote one reads its key from `MXBAI_API_KEY`."""
+    encoder: Matryoshka2DEncoder | RemoteEncoder
+    if config.get("base_url"):
+        encoder = RemoteEncoder(config["base_url"], config["model"], _remote_options(config))
+    else:
+        encoder = Matryoshka2DEncoder(config["model"], EncoderOptions.from_config(config))
     differences = space_differences(config, encoder.fingerprint)
     if differences:
         raise EmbeddingSpaceMismatch(
@@ -167,9 +183,17 @@ def _rebuild(config: dict[str, Any]) -> Matryoshka2DEncoder:
     return encoder
 
 
-def _stored_recipe(config: dict[str, Any]) -> EncoderRecipe:
+def _remote_options(config: dict[str, Any]) -> EncoderOptions:
+    """The options a remote encoder was given, from a stored configuration (which also holds what the endpoint resolved)."""
+    return EncoderOptions.of(**{name: value for name, value in EncoderOptions.from_config(config).as_dict().items() if name in REMOTE_OPTIONS})
+
+
+def _stored_recipe(config: dict[str, Any]) -> EncoderRecipe | RemoteRecipe:
     """A stored configuration as a recipe: what a function not yet built pickles as."""
-    return EncoderRecipe(config["model"], EncoderOptions.from_config(config), tuple((key, config.get(key)) for key in SPACE_KEYS))
+    space = tuple((key, config.get(key)) for key in SPACE_KEYS)
+    if config.get("base_url"):
+        return RemoteRecipe(config["model"], _remote_options(config), space, config["base_url"])
+    return EncoderRecipe(config["model"], EncoderOptions.from_config(config), space)
 
 
 def chroma_client(
@@ -212,10 +236,10 @@ def has_collection(client: ClientAPI, name: str) -> bool:
     return name in {collection.name for collection in client.list_collections()}
 
 
-def as_encoder(embedder: Any) -> Matryoshka2DEncoder:
+def as_encoder(embedder: Any) -> Matryoshka2DEncoder | RemoteEncoder:
     """The encoder behind an encoder, an embedding function, or a LangChain / LlamaIndex adapter."""
-    encoder = embedder if isinstance(embedder, Matryoshka2DEncoder) else getattr(embedder, "encoder", None)
-    if not isinstance(encoder, Matryoshka2DEncoder):
+    encoder = embedder if isinstance(embedder, (Matryoshka2DEncoder, RemoteEncoder)) else getattr(embedder, "encoder", None)
+    if not isinstance(encoder, (Matryoshka2DEncoder, RemoteEncoder)):
         raise TypeError(f"expected a Matryoshka2DEncoder or one of this package's adapters, got {type(embedder).__name__}")
     return encoder
 

@@ -493,7 +493,8 @@ class EncoderHandle:
     or its locks), so that an adapter holding it can be sent to worker processes: multiprocessing,
     Ray tasks, Spark UDFs, LlamaIndex's `IngestionPipeline(num_workers=...)`."""
 
-    def __init__(self, encoder: Matryoshka2DEncoder | None = None, *, recipe: EncoderRecipe | None = None) -> None:
+    def __init__(self, encoder: Any = None, *, recipe: Any = None) -> None:
+        """`encoder`: a `Matryoshka2DEncoder` or a `remote.RemoteEncoder`; `recipe`: what rebuilds one (their `recipe`)."""
         if (encoder is None) == (recipe is None):
             raise ValueError("give an encoder or a recipe")
         self._encoder, self._recipe = encoder, recipe

@@ -14,6 +14,7 @@ from mm2d_integrations.cli.embed import add_embed_command
 from mm2d_integrations.cli.eval import add_eval_command
 from mm2d_integrations.cli.export import add_export_command
 from mm2d_integrations.cli.rag import add_rag_commands
+from mm2d_integrations.cli.serve import add_serve_command
 from mm2d_integrations.store import IndexBusy, StoreUnavailable
 
 __all__ = ["build_parser", "main"]
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rag_commands(commands)
     add_adapt_command(commands)
     add_export_command(commands)
+    add_serve_command(commands)
     return parser
 
 
