@@ -7,8 +7,6 @@ be used now (damaged folder, server down, another run writing), 130 when interru
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,10 +19,9 @@ from filelock import FileLock
 import mm2d_integrations.loading as loading
 from mm2d_integrations.chroma import chroma_client
 from mm2d_integrations.cli import main
-from mm2d_integrations.rag.indexer import stored_ids
 from mm2d_integrations.samples import SAMPLE_DOCS
-from tests.corpus import indexed_chunk_ids
 from tests.test_langchain import MINILM
+from tests.test_reliability import stop_when
 from tests.tiny_models import build_tiny_model
 
 DOCS = SAMPLE_DOCS
@@ -190,34 +187,6 @@ def test_demo_loads_the_model_once_and_prints_no_bars(capsys: pytest.CaptureFixt
     assert len(loads) == 1
 
 
-def _interrupt_when(process: subprocess.Popen[bytes], pattern: bytes) -> bytes:
-    seen = b""
-    while not re.search(pattern, seen):
-        character = process.stderr.read(1)  # type: ignore[union-attr]
-        assert character, f"the command ended before it could be interrupted: {seen[-500:]!r}"
-        seen += character
-    process.send_signal(signal.SIGINT)
-    return seen + process.stderr.read()  # type: ignore[union-attr]
-
-
-def test_ctrl_c_during_index_then_the_same_command_completes_the_work(tmp_path: Path) -> None:
-    folder = tmp_path / "docs"
-    for copy in range(2):
-        shutil.copytree(DOCS, folder / f"copy{copy}")
-    persist = tmp_path / "chroma"
-    command = [sys.executable, "-m", "mm2d_integrations.cli", "index", str(folder), "--persist-dir", str(persist), "--model", MINILM, "--verbose"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    expected = indexed_chunk_ids(folder, MINILM)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = _interrupt_when(process, rb"\| [1-9][0-9]*/%d " % len(expected))
-    assert process.wait(timeout=120) == 130 and b"interrupted" in err and b"Traceback" not in err
-    assert stored_ids(chroma_client(persist).get_collection("mm2d")) <= expected
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    collection = chroma_client(persist).get_collection("mm2d")
-    assert stored_ids(collection) == expected and collection.count() == len(expected)
-
-
 def test_ctrl_c_during_adapt_leaves_no_output_folder(tmp_path: Path) -> None:
     build_tiny_model(tmp_path / "tiny", "bert", Path(MINILM), pooling="mean")
     corpus = tmp_path / "corpus.txt"
@@ -225,6 +194,6 @@ def test_ctrl_c_during_adapt_leaves_no_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "adapted"
     command = [sys.executable, "-m", "mm2d_integrations.cli", "adapt", "--corpus", str(corpus), "--out", str(out), "--model", str(tmp_path / "tiny"), "--verbose"]
     process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = _interrupt_when(process, rb"embedding: +[0-9]+%")
+    err = stop_when(process, rb"embedding: +[0-9]+%", signal.SIGINT)
     assert process.wait(timeout=120) == 130 and b"interrupted" in err and b"Traceback" not in err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.txt", "tiny"]  # no output, no staging folder

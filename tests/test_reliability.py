@@ -164,7 +164,10 @@ async def test_a_hundred_concurrent_async_queries_leave_the_event_loop_free(embe
     assert len(ticks) > 5 and gaps.max() < 0.5  # the ticker never waited long for the loop
 
 
-def test_indexing_survives_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)], ids=["kill -9", "Ctrl-C"])
+def test_indexing_stopped_midway_is_completed_by_the_next_run(tmp_path: Path, stop: signal.Signals, status: int) -> None:
+    """kill -9 or Ctrl-C (which exits 130 with one line) once a first batch is written; the same
+    command again embeds only what is missing and leaves exactly the folder's chunks."""
     folder = tmp_path / "docs"
     for copy in range(2):
         shutil.copytree(SAMPLE_DOCS, folder / f"copy{copy}")
@@ -173,13 +176,10 @@ def test_indexing_survives_kill_9(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     expected = indexed_chunk_ids(folder, MINILM)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen = b""
-    while not re.search(rb"\| [1-9][0-9]*/%d " % len(expected), seen):  # the progress bar shows a first batch written
-        character = process.stderr.read(1)
-        assert character, f"mm2d index ended before it could be killed: {seen[-500:]!r}"
-        seen += character
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    err = stop_when(process, rb"\| [1-9][0-9]*/%d " % len(expected), stop)  # the progress bar shows a first batch written
+    assert process.wait(timeout=120) == status
+    if stop == signal.SIGINT:
+        assert b"interrupted" in err and b"Traceback" not in err
     partial = stored_ids(chroma_client(persist).get_collection("mm2d"))
     assert 0 < len(partial) < len(expected) == 174 and partial <= expected
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -187,3 +187,14 @@ def test_indexing_survives_kill_9(tmp_path: Path) -> None:
     collection = chroma_client(persist).get_collection("mm2d")
     assert stored_ids(collection) == expected and collection.count() == len(expected)
     assert f"{len(expected) - len(partial)} embedded and added" in rerun.stdout
+
+
+def stop_when(process: subprocess.Popen[bytes], pattern: bytes, stop: signal.Signals) -> bytes:
+    """Send `stop` once `pattern` appears on the process's stderr; all it wrote to stderr."""
+    seen = b""
+    while not re.search(pattern, seen):
+        character = process.stderr.read(1)  # type: ignore[union-attr]
+        assert character, f"the command ended before it could be stopped: {seen[-500:]!r}"
+        seen += character
+    process.send_signal(stop)
+    return seen + process.stderr.read()  # type: ignore[union-attr]
