@@ -137,6 +137,7 @@ class RemoteEncoder:
             "document_prompt": self.document_prompt,
             "normalize": self.normalize,
             "max_length": served.get("max_length"),
+            "include_prompt": served.get("include_prompt", True),
         }
 
     @property
