@@ -17,7 +17,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mm2d_integrations.encoder import SPACE_KEYS, EncoderHandle, EncoderRecipe, Matryoshka2DEncoder, space_differences, truncate_dimensions
+from mm2d_integrations.encoder import (
+    SPACE_KEYS,
+    EncoderHandle,
+    EncoderRecipe,
+    Matryoshka2DEncoder,
+    space_differences,
+    space_items,
+    truncate_dimensions,
+)
 from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
@@ -190,7 +198,7 @@ def _remote_options(config: dict[str, Any]) -> EncoderOptions:
 
 def _stored_recipe(config: dict[str, Any]) -> EncoderRecipe | RemoteRecipe:
     """A stored configuration as a recipe: what a function not yet built pickles as."""
-    space = tuple((key, config.get(key)) for key in SPACE_KEYS)
+    space = space_items(config)
     if config.get("base_url"):
         return RemoteRecipe(config["model"], _remote_options(config), space, config["base_url"])
     return EncoderRecipe(config["model"], EncoderOptions.from_config(config), space)

@@ -29,7 +29,7 @@ from mm2d_integrations.source import ModelSource
 from mm2d_integrations.validation import check_int_in_range, check_texts
 
 __all__ = [
-    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_of",
+    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",
     "token_budget_batches",
     "truncate_dimensions",
 ]
@@ -45,6 +45,11 @@ def space_of(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     """The `SPACE_KEYS` values of a fingerprint or stored configuration, later keys at their default left out."""
     space = {key: fingerprint.get(key, _LATER_KEYS.get(key)) for key in SPACE_KEYS}
     return {key: value for key, value in space.items() if key not in _LATER_KEYS or value != _LATER_KEYS[key]}
+
+
+def space_items(fingerprint: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`space_of` as a hashable tuple: the space a recipe records, whatever keys the fingerprint lacks."""
+    return tuple(space_of(fingerprint).items())
 
 
 def space_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -288,8 +293,7 @@ class Matryoshka2DEncoder:
     @property
     def recipe(self) -> EncoderRecipe:
         """What rebuilds this encoder in another process (see `EncoderRecipe`)."""
-        fingerprint = self.fingerprint
-        return EncoderRecipe(self.source.reference, self.options, tuple((key, fingerprint[key]) for key in SPACE_KEYS))
+        return EncoderRecipe(self.source.reference, self.options, space_items(self.fingerprint))
 
     @property
     def space_id(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mm2d_integrations.encoder import SPACE_KEYS, EncoderRecipe, space_id_of
+from mm2d_integrations.encoder import EncoderRecipe, space_id_of, space_items
 from mm2d_integrations.options import EncoderOptions
 from mm2d_integrations.validation import check_int_in_range, check_texts, install_hint
 
@@ -146,8 +146,7 @@ class RemoteEncoder:
 
     @property
     def recipe(self) -> RemoteRecipe:
-        fingerprint = self.fingerprint
-        return RemoteRecipe(self.model_name, self._given, tuple((key, fingerprint[key]) for key in SPACE_KEYS), self.base_url)
+        return RemoteRecipe(self.model_name, self._given, space_items(self.fingerprint), self.base_url)
 
     def with_dimensions(self, dimensions: int) -> RemoteEncoder:
         """This encoder asking the endpoint for only the first `dimensions` components."""
