@@ -76,14 +76,14 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(path, timeout=0)
 
-    def encoder_for(self, client: Any, *, indexing: bool = False) -> Matryoshka2DEncoder:
-        """The given encoder, else the one `model` and `options` describe; when asking and none of model,
-        num_layers or dimensions is named, the one the collection was indexed with (queries at
-        `options.query_num_layers` when given)."""
+    def encoder_for(self, client: Any, *, from_collection: bool) -> Matryoshka2DEncoder:
+        """The given encoder, else the one `model` and `options` describe; with `from_collection` (an
+        existing collection, as `existing_client` ensures) and none of model, num_layers or dimensions
+        named, the one the collection was indexed with (queries at `options.query_num_layers` when given)."""
         if self.encoder is not None:
             return self.encoder
         named = self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
-        if not indexing and not named and has_collection(client, self.collection):
+        if from_collection and not named:
             return stored_embedding_function(self.collection, client=client, query_num_layers=self.options.query_num_layers).encoder
         return Matryoshka2DEncoder(self.model or default_model(), self.options)
 
@@ -111,7 +111,7 @@ def index(
         raise IndexBusy(f"another indexing run is writing to {store.location} (lock {lock.lock_file}); let it finish") from None
     try:
         client = store.client()
-        encoder = store.encoder_for(client, indexing=True)
+        encoder = store.encoder_for(client, from_collection=False)
         if store.shortlist_dims is None:
             target = open_collection(encoder, store.collection, client=client)
         else:
@@ -150,7 +150,7 @@ def ask(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     client = store.existing_client()
-    encoder = store.encoder_for(client)
+    encoder = store.encoder_for(client, from_collection=True)
     chosen = make_generator(generator, encoder, framework) if isinstance(generator, str) else generator
     if funnel is not None:
         funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False)
