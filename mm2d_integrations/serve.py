@@ -163,15 +163,17 @@ class _Batcher:
             count += len(job.texts)
         return jobs
 
-    def _encode(self, jobs: list[_Job]) -> list[np.ndarray]:
-        """One pass over every job's texts at every depth asked; each job cut to its depth and width."""
+    def _encode(self, jobs: list[_Job]) -> list[tuple[np.ndarray, int]]:
+        """One pass over every job's texts at every depth asked; each job cut to its depth and width,
+        with the tokens its texts hold (the answer's `usage`)."""
         texts = [text for job in jobs for text in job.texts]
         by_depth = self.encoder.encode_layerwise(texts, {job.num_layers for job in jobs})
+        tokens = self.encoder.token_count(texts)
         results, start = [], 0
         for job in jobs:
-            rows = by_depth[job.num_layers][start : start + len(job.texts)]
-            results.append(truncate_dimensions(rows, job.dimensions, job.normalized))
-            start += len(job.texts)
+            end = start + len(job.texts)
+            results.append((truncate_dimensions(by_depth[job.num_layers][start:end], job.dimensions, job.normalized), sum(tokens[start:end])))
+            start = end
         self.metrics.texts.inc(len(texts))
         return results
 
@@ -245,28 +247,29 @@ def create_app(
         prompt = encoder.document_prompt if body.prompt is None else body.prompt
         return _Job([prompt + text for text in texts], num_layers, dimensions, body.normalized, asyncio.get_running_loop().create_future())
 
-    async def embed(request: Request, body: EmbeddingRequest) -> dict[str, Any]:
+    async def embed(request: Request, body: EmbeddingRequest) -> JSONResponse:
         started = time.perf_counter()
         authorize(request)
         job = check(body)
         batcher.submit(job)
-        vectors = await job.done
+        vectors, tokens = await job.done
         formats = [body.encoding_format] if isinstance(body.encoding_format, str) else list(dict.fromkeys(body.encoding_format))
         metrics.requests.labels("200").inc()
         metrics.latency.observe(time.perf_counter() - started)
-        return {
+        # A response, not a dict: FastAPI would walk every float of every vector through jsonable_encoder.
+        return JSONResponse({
             "object": "list",
             "model": served,
             "data": [
                 {"object": "embedding" if len(formats) == 1 else "embedding_dict", "index": index, "embedding": _encoded(vector, formats)}
                 for index, vector in enumerate(vectors)
             ],
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},  # not counted: tokens cost nothing here
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},  # the model's tokens, prompt included, special tokens not
             "normalized": body.normalized,
             "encoding_format": body.encoding_format,
             "dimensions": job.dimensions,
             "num_layers": job.num_layers,
-        }
+        })
 
     app.post("/v1/embeddings")(embed)
     app.post("/embeddings", include_in_schema=False)(embed)

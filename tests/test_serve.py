@@ -76,6 +76,8 @@ def test_the_openai_sdk_gets_the_local_vectors_in_base64_by_default(url: str, en
     assert _cosines([item.embedding for item in response.data], encoder.with_dimensions(96).encode_documents(TEXTS)).min() >= 0.99999
     single = client.embeddings.create(model=MODEL, input="a cat", encoding_format="float")
     assert len(single.data) == 1 and len(single.data[0].embedding) == 384
+    tokens = sum(encoder.token_count(TEXTS))  # the model's own tokens of each text (no prompt here)
+    assert tokens > len(TEXTS) and response.usage.prompt_tokens == response.usage.total_tokens == tokens
 
 
 def test_langchain_and_llama_index_openai_classes_work_unchanged(url: str, encoder: Matryoshka2DEncoder) -> None:
