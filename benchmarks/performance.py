@@ -2,8 +2,9 @@
 
 Prints ratios against baselines measured in this same run: throughput (texts/s), single-query
 latency, model load time and peak RSS (each load in a fresh process), the ONNX Runtime backend
-(float32, the same model exported in this run, with its one-time export cost), depth (half against full),
-compute_precision (bf16 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
+(float32, the same model exported in this run, with its one-time export cost; dynamic int8 graphs
+quantised from it in this run, as contenders that are not shipped), depth (half against full),
+compute_precision (bf16 and int8 against float32: speed, cosine, STS dev Spearman), batching (token budget against a
 fixed count), and Chroma query latency and on-disk size at 384, 128 and 64 dimensions.
 
     HF_HUB_OFFLINE=1 python benchmarks/performance.py STSB_DIR [--repeats 3]
@@ -103,6 +104,25 @@ def load_and_memory(kind: str, layers: int, texts: list[str], repeats: int) -> d
     return {"load_s": min(run["load_s"] for run in runs), "peak_rss_mb": min(run["peak_rss_mb"] for run in runs)}
 
 
+def quantized_onnx(encoder: Matryoshka2DEncoder, keep_float32: str | None) -> Matryoshka2DEncoder:
+    """A copy of an `backend="onnx"` encoder whose session runs its graph quantised by ONNX Runtime
+    (dynamic int8, per-channel weights, MatMul only; nodes whose name contains `keep_float32` stay float32).
+    Not a shipped mode: a contender, so that every row of the table comes from this run."""
+    import copy
+
+    import onnx as onnx_format
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = encoder._onnx.path
+    keep = [node.name for node in onnx_format.load(str(source)).graph.node if keep_float32 and keep_float32 in node.name]
+    target = source.with_name(f"{source.stem}-int8-{len(keep)}.onnx")
+    quantize_dynamic(source, target, per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=keep, weight_type=QuantType.QInt8)
+    quantized = copy.copy(encoder)
+    quantized._onnx = copy.copy(encoder._onnx)
+    quantized._onnx.session = type(encoder._onnx.session)(str(target), encoder._onnx.session.get_session_options(), providers=["CPUExecutionProvider"])
+    return quantized
+
+
 def query_latency(encode: Callable[[list[str]], object], queries: list[str]) -> float:
     """Median seconds to embed one query."""
     timings = []
@@ -145,10 +165,14 @@ def main() -> None:
     parser.add_argument("--chroma-vectors", type=int, default=20_000)
     parser.add_argument("--throughput-only", action="store_true", help="stop after the throughput table (skip latency, memory, Chroma)")
     args = parser.parse_args()
+    import onnxruntime
     import torch
     from sentence_transformers import SentenceTransformer
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    print("CPU flags: " + " ".join(flag for flag in flags if flag.startswith(("avx", "amx", "fma"))))
     texts = mixed_corpus(args.stsb)
     print(f"corpus: {len(texts)} texts, {sum(map(len, texts)) / len(texts):.0f} characters on average\n")
     path = model_path()
@@ -168,13 +192,25 @@ def main() -> None:
     OnnxModel(exact.loaded_model)  # a new session over the cached graph, as a new process would start
     print(f"backend='onnx': session start from the cached graph {time.perf_counter() - started:.1f} s")
 
+    int8_all = quantized_onnx(onnx, None)
+    int8_ffn = quantized_onnx(onnx, "/output/dense/MatMul")  # each layer's FFN down-projection and attention output projection kept float32
+    weights_bf16 = Matryoshka2DEncoder(path, dtype="bfloat16")  # weights and every operation in bfloat16, pooling in float32
+    started = time.perf_counter()
+    int8 = Matryoshka2DEncoder(path, compute_precision="int8")
+    print(f"compute_precision='int8': calibration, quantisation and compilation {time.perf_counter() - started:.1f} s (once per process)")
+
     theirs = reference.encode(texts, normalize_embeddings=True)
     ours = exact.encode_documents(texts)
     print(f"float32 output against sentence-transformers: min cosine {float((ours * theirs).sum(1).min()):.7f}")
     print(f"bf16 output against float32: min cosine {float((fast.encode_documents(texts) * ours).sum(1).min()):.5f}")
     print(f"onnx float32 output against sentence-transformers: min cosine {float((onnx.encode_documents(texts) * theirs).sum(1).min()):.7f}")
     pairs = read_sts(args.stsb / "sts-dev.csv")
-    for name, encoder in (("float32", exact), ("bf16", fast), ("onnx float32", onnx)):
+    distinct = list(dict.fromkeys(pairs.first + pairs.second))
+    reference_distinct = exact.encode_documents(distinct)
+    lossy = {"bf16": fast, "dtype=bfloat16": weights_bf16, "int8": int8, "onnx int8 all MatMuls": int8_all, "onnx int8, output projections float32": int8_ffn}
+    for name, encoder in lossy.items():
+        print(f"{name} output against float32, {len(distinct)} STS dev sentences: min cosine {float((encoder.encode_documents(distinct) * reference_distinct).sum(1).min()):.5f}")
+    for name, encoder in (("float32", exact), ("onnx float32", onnx), *lossy.items()):
         first, second = encoder.encode_documents(pairs.first), encoder.encode_documents(pairs.second)
         print(f"STS dev Spearman x100, {name}: {100 * spearman((first * second).sum(1), pairs.scores):.2f}")
 
@@ -185,6 +221,10 @@ def main() -> None:
             "ours float32, fixed count of 32": lambda: fixed.encode_documents(texts),
             "ours bf16": lambda: fast.encode_documents(texts),
             "ours onnx float32": lambda: onnx.encode_documents(texts),
+            "ours dtype=bfloat16": lambda: weights_bf16.encode_documents(texts),
+            "ours int8": lambda: int8.encode_documents(texts),
+            "onnx int8, all MatMuls": lambda: int8_all.encode_documents(texts),
+            "onnx int8, output projections float32": lambda: int8_ffn.encode_documents(texts),
             "ours float32, 3 of 6 layers": lambda: half.encode_documents(texts),
         },
         args.repeats,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mm2d_integrations.int8 import calibration_texts, int8_model
 from mm2d_integrations.loading import LoadedModel, load_model
 from mm2d_integrations.onnx_backend import onnx_model
 from mm2d_integrations.options import EncoderOptions
@@ -149,6 +150,8 @@ class Matryoshka2DEncoder:
         self._check_query_depth()
         self.backend = resolve_backend(given.backend, self.device, self.dtype)
         self._onnx = onnx_model(self._loaded) if self.backend == "onnx" else None
+        if self.compute_precision == "int8" and self.backend != "torch":
+            raise ValueError(f"compute_precision='int8' runs with backend='torch', not {self.backend!r}")
         settings = self._loaded.settings
         self.normalize = bool(given.normalize)
         self.show_progress = bool(given.show_progress)
@@ -170,6 +173,8 @@ class Matryoshka2DEncoder:
         dimensions = given.dimensions if given.dimensions is not None else settings.truncate_dim  # the checkpoint's truncate_dim
         self._dimensions = self.max_dimensions if dimensions is None else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
         self._given = given
+        # What runs the transformer: the loaded model, or its int8 copy (calibrated and made once per process)
+        self._runner = int8_model(self._loaded, self._calibrate) if self.compute_precision == "int8" else self._loaded
 
     @property
     def model_name(self) -> str:
@@ -404,6 +409,14 @@ class Matryoshka2DEncoder:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @torch.inference_mode()
+    def _calibrate(self, loaded: LoadedModel) -> None:
+        """Run `loaded`'s transformer over the calibration text, as `_forward` batches it."""
+        token_ids = self._token_ids(calibration_texts())
+        for batch in token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens):
+            input_ids, attention_mask = self._pad([token_ids[index] for index in batch])
+            loaded.model(input_ids=input_ids, attention_mask=attention_mask)
+
     def _pad(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and their attention mask."""
         pad = self._loaded.tokenizer.pad_token_id or 0
@@ -442,7 +455,7 @@ class Matryoshka2DEncoder:
             single = len(num_layers) == 1
             last = num_layers[0] if single else self._loaded.num_layers
             with self._autocast():
-                output = self._loaded.cut(last)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
+                output = self._runner.cut(last)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
             states = {kept: output.last_hidden_state if kept == last else output.hidden_states[kept] for kept in num_layers}
         final_norm = self._loaded.final_norm
         return {kept: hidden if kept == last or final_norm is None else final_norm(hidden) for kept, hidden in states.items()}

@@ -26,7 +26,10 @@ from mm2d_integrations.pooling import pool
 __all__ = ["EXPORT_FILE", "EXPORT_PRECISIONS", "FORMATS", "Pipeline", "affine_of_head", "export_model"]
 
 FORMATS = ("sentence-transformers", "onnx")
-EXPORT_PRECISIONS = ("float32",)  # int8 missed its quality bar on MiniLM: docs/performance.md
+# int8 that keeps quality needs per-token activation scales (int8.py), which neither a sentence-transformers
+# folder nor ONNX Runtime's dynamic int8 gives (min cosine 0.97-0.99 to float32: docs/performance.md);
+# load an exported folder with compute_precision="int8" instead.
+EXPORT_PRECISIONS = ("float32",)
 EXPORT_FILE = "mm2d_export.json"  # what was exported from what, for people and for checks
 
 _ST_POOLING_FLAGS = {

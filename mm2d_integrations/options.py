@@ -49,7 +49,8 @@ class EncoderOptions:
     device: str | None = _option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
     dtype: str | None = _option(None, "weights in float32 (default), bfloat16 or float16")
     compute_precision: str = _option(
-        "float32", "float32 (exact) or bf16 (bfloat16 products: about 2x faster on CPUs with native bf16); not an output format"
+        "float32", "float32 (exact), bf16 (bfloat16 products: about 2x faster on CPUs with native bf16) or int8 (int8 linear "
+        "layers on the cpu, calibrated once per process); not an output format"
     )
     backend: str = _option(
         "torch", "torch, or onnx: ONNX Runtime over the cut model (exported once per model and depth, cached on disk; "

@@ -19,7 +19,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-COMPUTE_PRECISIONS = ("float32", "bf16")
+COMPUTE_PRECISIONS = ("float32", "bf16", "int8")
 BACKENDS = ("torch", "onnx")
 
 
@@ -59,9 +59,12 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_compute_precision(precision: str, device: torch.device) -> str:
-    """`float32` (exact) or `bf16` (autocast: bfloat16 products, float32 weights and pooling)."""
+    """`float32` (exact), `bf16` (autocast: bfloat16 products, float32 weights and pooling) or `int8`
+    (int8 linear layers on the cpu, see `int8.py`)."""
     if precision not in COMPUTE_PRECISIONS:
         raise ValueError(f"compute_precision must be one of {', '.join(COMPUTE_PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"compute_precision='int8' runs on the cpu, not on {device}; use bf16 there")
     if precision == "bf16" and not bf16_supported(device):
         warnings.warn(f"{device} has no native bfloat16 support: compute_precision falls back to float32", stacklevel=3)
         return "float32"

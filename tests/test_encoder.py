@@ -262,8 +262,8 @@ def test_bf16_precision_stays_close_to_float32(minilm_path: Path, sentences: lis
     exact = Matryoshka2DEncoder(minilm_path)
     assert fast.compute_precision == "bf16" and fast._loaded is exact._loaded  # autocast: the same float32 weights
     assert (fast.encode_documents(sentences) * exact.encode_documents(sentences)).sum(1).min() >= 0.999
-    with pytest.raises(ValueError, match="compute_precision must be one of float32, bf16, got 'int8'"):
-        Matryoshka2DEncoder(minilm_path, compute_precision="int8")
+    with pytest.raises(ValueError, match="compute_precision must be one of float32, bf16, int8, got 'fp8'"):
+        Matryoshka2DEncoder(minilm_path, compute_precision="fp8")
 
 
 def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,13 +287,15 @@ assert fast.compute_precision == "float32", fast.compute_precision
 assert any("falls back to float32" in str(warning.message) for warning in caught)
 texts = sys.argv[2:]
 vectors = [Matryoshka2DEncoder(sys.argv[1], backend=backend).encode_documents(texts) for backend in ("torch", "onnx")]
-np.save(sys.stdout.buffer, np.stack([fast.encode_documents(texts), *vectors]))
+int8 = Matryoshka2DEncoder(sys.argv[1], compute_precision="int8").encode_documents(texts)  # oneDNN's AVX2 int8 kernels
+np.save(sys.stdout.buffer, np.stack([fast.encode_documents(texts), *vectors, int8]))
 """
 
 
 def test_a_cpu_without_bf16_or_vnni_gets_exact_float32(minilm_path: Path, sentences: list[str], tmp_path: Path) -> None:
     """Forced for real: oneDNN limited to AVX2 (no bfloat16, no VNNI) and torch's kernels to AVX2; the bf16
-    request falls back, and the torch and ONNX backends still give this machine's float32 vectors."""
+    request falls back, the torch and ONNX backends still give this machine's float32 vectors, and int8
+    runs on AVX2 kernels within its quality bar."""
     import io
     import os
     import subprocess
@@ -304,8 +306,10 @@ def test_a_cpu_without_bf16_or_vnni_gets_exact_float32(minilm_path: Path, senten
         [sys.executable, "-c", _WITHOUT_BF16_OR_VNNI, str(minilm_path), *sentences[:40]], env=env, capture_output=True, check=True
     ).stdout
     expected = Matryoshka2DEncoder(minilm_path).encode_documents(sentences[:40])
-    for vectors in np.load(io.BytesIO(output)):
+    *exact, int8 = np.load(io.BytesIO(output))
+    for vectors in exact:
         assert float((vectors * expected).sum(1).min()) >= 0.99999
+    assert 0.99 <= float((int8 * expected).sum(1).min()) < 0.99999
 
 
 def test_token_budget_batches() -> None:

@@ -22,7 +22,7 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="new folder to write (an existing non-empty one is refused)")
     parser.add_argument("--format", choices=FORMATS, default=FORMATS[0], help="folder format (default: sentence-transformers)")
     parser.add_argument(
-        "--precision", choices=EXPORT_PRECISIONS, default=EXPORT_PRECISIONS[0], help="stored weights (float32 only: int8 missed its quality bar, see docs/performance.md)"
+        "--precision", choices=EXPORT_PRECISIONS, default=EXPORT_PRECISIONS[0], help="stored weights: float32 only (for int8, load the folder with --compute-precision int8; see docs/performance.md)"
     )
     add_encoder_options(parser, only=_OPTIONS)
     parser.set_defaults(run=_run)

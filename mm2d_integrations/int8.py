@@ -1,0 +1,149 @@
+"""`compute_precision="int8"`: the transformer's linear layers as int8 products, quality kept.
+
+Plain dynamic int8 (ONNX Runtime's or torch's) costs MiniLM a minimum cosine of 0.86-0.97 to float32,
+for two reasons measured in docs/performance.md: a few activation channels carry outliers (10-15x the
+median), and one activation scale per batch lets one outlier token coarsen every other token. Here:
+- SmoothQuant (Xiao et al., 2023): input channel j is divided by s_j = sqrt(max|X_j| / max|W_j|) and
+  weight column j multiplied by it, with max|X_j| calibrated once on sample text, which moves the
+  outliers into the weights;
+- per-output-channel weight scales (7 bits where the kernels lack VNNI, see `weight_levels`), and one
+  activation scale per token, computed on the fly;
+- `torch._int_mm` (oneDNN: VNNI, AVX-512 or AVX2 int8 kernels), with the quantise and dequantise
+  steps fused by `torch.compile` where a C++ compiler is at hand (eagerly otherwise, slower).
+Attention, layer norms, activations and pooling stay in float32. A quantised copy of the loaded model
+is made once per process and shared, as the ONNX backend's session is.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mm2d_integrations.loading import LoadedModel
+from mm2d_integrations.samples import SAMPLE_DOCS
+
+__all__ = ["SMOOTHING", "Int8Linear", "calibration_texts", "int8_model", "quantize_linears", "weight_levels"]
+
+SMOOTHING = 0.5  # SmoothQuant's alpha: how much of the outliers' range moves into the weights
+_lock = threading.Lock()
+_fused: dict[str, Any] = {}
+
+
+def _product(x: torch.Tensor, inv_smooth: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`x @ weight.T + bias` with `x` smoothed and quantised per row (token), in int8."""
+    x = x * inv_smooth
+    scale = x.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127.0
+    quantized = torch.round(x / scale).to(torch.int8)
+    return torch._int_mm(quantized, weight).float() * (scale * weight_scale) + bias
+
+
+def weight_levels() -> int:
+    """127, or 63 where the int8 kernels saturate: without VNNI, oneDNN's AVX2 kernels add pairs of
+    products in 16 bits (vpmaddubsw), which full-range weights overflow. Probed once, on the worst case."""
+    with _lock:
+        if "levels" not in _fused:
+            probe = torch.full((16, 64), 127, dtype=torch.int8)
+            exact = bool((torch._int_mm(probe, probe.t().contiguous()) == 64 * 127 * 127).all())
+            _fused["levels"] = 127 if exact else 63
+        return _fused["levels"]
+
+
+def _fused_product() -> Callable[..., torch.Tensor]:
+    """`_product` compiled (one pass to quantise, one to dequantise) where that compiles and agrees with
+    the eager steps on a probe; as is otherwise (correct, only slower). The check is not idle: on a CPU
+    running torch's AVX2 kernels, the compiled steps measured wrong (NaN) with torch 2.13."""
+    levels = weight_levels()
+    with _lock:
+        if "product" not in _fused:
+            generator = torch.Generator().manual_seed(0)
+            probe = (
+                torch.randn(37, 96, generator=generator), torch.rand(96, generator=generator) + 0.5,
+                torch.randint(-levels, levels + 1, (48, 96), generator=generator, dtype=torch.int8).t(),
+                torch.rand(48, generator=generator) / 100, torch.randn(48, generator=generator),
+            )
+            expected = _product(*probe)
+            try:
+                compiled = torch.compile(_product, dynamic=True)
+                agrees = bool(torch.allclose(compiled(*probe), expected, rtol=1e-4, atol=1e-4))
+                reason = "its output differed from the eager steps on this CPU"
+            except Exception as error:  # no C++ compiler, an unsupported platform
+                agrees, reason = False, f"torch.compile failed: {type(error).__name__}"
+            if not agrees:
+                warnings.warn(f"compute_precision='int8' runs unfused, more slowly ({reason})", stacklevel=4)
+            _fused["product"] = compiled if agrees else _product
+        return _fused["product"]
+
+
+class Int8Linear(torch.nn.Module):
+    """A float32 `torch.nn.Linear` as a smoothed, per-channel int8 weight with per-token activation scales."""
+
+    def __init__(self, linear: torch.nn.Linear, input_absmax: torch.Tensor) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        smooth = input_absmax.clamp(min=1e-5) ** SMOOTHING / weight.abs().amax(0).clamp(min=1e-5) ** (1 - SMOOTHING)
+        weight = weight * smooth
+        scale = weight.abs().amax(1).clamp(min=1e-12) / weight_levels()
+        self.register_buffer("inv_smooth", 1.0 / smooth)
+        self.register_buffer("weight_scale", scale)
+        # [in, out] as the transposed view of a contiguous [out, in]: the layout torch._int_mm runs fastest
+        self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8).contiguous().t())
+        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(linear.out_features)
+        self.register_buffer("bias", bias)
+        self.product = _fused_product()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        return self.product(rows, self.inv_smooth, self.weight, self.weight_scale, self.bias).reshape(*x.shape[:-1], -1)
+
+
+def quantize_linears(layers: torch.nn.Module, calibrate: Callable[[], Any]) -> None:
+    """Replace every `torch.nn.Linear` under `layers` in place, after `calibrate()` has run the model
+    once to record each one's input absmax per channel."""
+    linears = {name: module for name, module in layers.named_modules() if isinstance(module, torch.nn.Linear)}
+    absmax = {name: torch.zeros(module.in_features) for name, module in linears.items()}
+
+    def recorder(name: str) -> Callable[..., None]:
+        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            absmax[name] = torch.maximum(absmax[name], inputs[0].detach().abs().reshape(-1, module.in_features).amax(0).float())
+        return record
+
+    hooks = [module.register_forward_hook(recorder(name)) for name, module in linears.items()]
+    try:
+        calibrate()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, module in linears.items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(layers.get_submodule(parent) if parent else layers, attribute, Int8Linear(module, absmax[name]))
+
+
+def calibration_texts(limit: int = 256) -> list[str]:
+    """Paragraphs of the packaged sample documents (policies, notes, specs): ordinary prose whose
+    activations show where each channel's range lies."""
+    paragraphs = []
+    for path in sorted(SAMPLE_DOCS.rglob("*")):
+        if path.suffix in {".md", ".txt"}:
+            paragraphs += [part.strip() for part in path.read_text(encoding="utf-8").split("\n\n") if len(part.strip()) > 40]
+    return paragraphs[:limit]
+
+
+def int8_model(loaded: LoadedModel, calibrate: Callable[[LoadedModel], Any]) -> LoadedModel:
+    """`loaded` with a quantised copy of its transformer (made on first use, then shared by every encoder
+    of this process); `calibrate(copy)` runs the copy, still in float32, over calibration text."""
+    with _lock:
+        quantized = loaded.sessions.get("int8")
+    if quantized is None:
+        if loaded.model.device.type != "cpu" or loaded.model.dtype != torch.float32:
+            raise ValueError("compute_precision='int8' runs on the cpu with float32 weights (device='cpu', dtype='float32')")
+        quantized = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model), _views={}, sessions={})
+        quantize_linears(quantized.layers, lambda: calibrate(quantized))
+        with _lock:
+            quantized = loaded.sessions.setdefault("int8", quantized)
+    return quantized
