@@ -142,12 +142,13 @@ def _probe(address: str) -> None:
 @contextlib.contextmanager
 def connected(address: str = LOCAL, *, show_progress: bool = False) -> Iterator[None]:
     """Ray connected for the block, as `address` says (see `check_address`), and shut down after it.
-    In a process already connected to Ray (`ray.init` done by the caller), that connection is used and kept."""
+    In a process already connected to Ray (`ray.init` done by the caller), that connection is used and
+    kept, once the address is checked."""
+    check_address(address)
+    _probe(address)
     if ray.is_initialized():
         yield
         return
-    check_address(address)
-    _probe(address)
     local = {"include_dashboard": False, "num_cpus": None} if address == LOCAL else {}
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=show_progress, **local)
