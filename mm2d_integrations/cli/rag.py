@@ -70,7 +70,8 @@ def _index(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from mm2d_integrations.rag.ray_index import index_on_ray  # the ray extra
 
-        print(index_on_ray(args.folder, store, address=args.ray, actors=args.ray_actors, show_progress=progress(args)))
+        gpus = 1 if (store.options.device or "").startswith("cuda") else None  # --device cuda: each actor reserves a GPU
+        print(index_on_ray(args.folder, store, address=args.ray, actors=args.ray_actors, num_gpus=gpus, show_progress=progress(args)))
         return 0
     from mm2d_integrations.rag.pipeline import index
 

@@ -118,6 +118,7 @@ def index_on_ray(
     chunking: Chunking | None = None,
     exactly: bool = True,
     actors: int | None = None,
+    num_gpus: float | None = None,
     show_progress: bool = False,
 ) -> IndexReport:
     """`pipeline.index` of a folder with its reading, chunking and embedding on a Ray cluster: the same
@@ -125,7 +126,8 @@ def index_on_ray(
 
     `address`: `local` starts a cluster on this machine for the run; `auto`, `HOST:PORT` or
     `ray://HOST:PORT` joins one (see `mm2d_integrations.ray.connected`). `actors`: the pool's size
-    (default: one per CPU of the cluster). `chunking`: default, the encoder's tokens (`Chunking.by_tokens`).
+    (default: one per CPU of the cluster; with `num_gpus`, GPUs each actor reserves: one per GPU).
+    `chunking`: default, the encoder's tokens (`Chunking.by_tokens`).
     `exactly=False` keeps other sources' chunks (only this folder's stale chunks go)."""
     with connected(address, show_progress=show_progress):
         root, listed = _listed(str(folder))
@@ -135,7 +137,7 @@ def index_on_ray(
             complete, existing = held_ids(target)
             files = ray.data.from_items([{"path": relative} for relative in to_read])
             arguments = {"recipe": encoder.recipe, "root": root, "held": digests(complete), "chunking": chunking}
-            chunks = actor_map(files, IndexFiles, arguments, actors=actors, batch_size=FILES_PER_CALL, num_cpus=1, num_gpus=None)
+            chunks = actor_map(files, IndexFiles, arguments, actors=actors, batch_size=FILES_PER_CALL, num_cpus=1, num_gpus=num_gpus)
             wanted: set[str] = set()
             written: set[str] = set()
             with tqdm(desc="indexing", unit="chunk", disable=not show_progress) as progress:
