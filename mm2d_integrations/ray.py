@@ -71,6 +71,8 @@ def actor_map(
     many as the cluster's CPUs (GPUs with `num_gpus`) hold, as the queue asks. Ray Data restarts an actor
     that dies (`max_restarts=-1`) and retries its batch on another (`max_task_retries=-1`): its defaults."""
     if actors is None:
+        if not ray.is_initialized():
+            ray.init()  # as Ray Data would on first use: the cluster this process belongs to, or a local one
         resources = ray.cluster_resources()
         held = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 1) / num_cpus
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(held)))
@@ -149,7 +151,7 @@ def connected(address: str = LOCAL, *, show_progress: bool = False) -> Iterator[
     if ray.is_initialized():
         yield
         return
-    local = {"include_dashboard": False, "num_cpus": None} if address == LOCAL else {}
+    local = {"include_dashboard": False} if address == LOCAL else {}
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=show_progress, **local)
     except ConnectionError as error:

@@ -7,6 +7,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from mm2d_integrations.rag.ray_index import index_on_ray
 from mm2d_integrations.ray import embed_dataset
 from mm2d_integrations.samples import SAMPLE_DOCS
 from mm2d_integrations.store import StoreUnavailable
+from tests.corpus import indexed_chunk_ids
 from tests.test_chroma import ChromaServer, _free_port
 from tests.test_langchain import MINILM
 from tests.tiny_models import build_tiny_model
@@ -181,7 +184,7 @@ def test_an_actor_killed_midway_is_restarted_and_the_index_is_exact_then_reindex
     notes[0].write_text(notes[0].read_text() + "\n\nA paragraph added since the first run.")
     notes[1].unlink()
     (folder / "new.md").write_text("A new note about the turbine maintenance schedule.")
-    second = index_on_ray(folder, store, chunking=SMALL_CHUNKS)
+    second = index_on_ray(folder, store, chunking=SMALL_CHUNKS, actors=1)
     changed = _server_store(server, "changed", tiny_model)
     assert second.chunks == index(folder, changed, chunking=SMALL_CHUNKS).chunks
     assert 0 < second.added < 40 and second.removed > 5 and second.unchanged == second.chunks - second.added
@@ -205,12 +208,12 @@ def test_a_chroma_server_lost_midway_is_retried_then_an_error_and_the_next_run_c
 
     try:
         with pytest.raises(StoreUnavailable, match=r"stopped answering while writing chunks .*3 tries.*run the same command again"):
-            _run_with(_when_written(store, kill_server), lambda: index_on_ray(generated_docs, store, chunking=SMALL_CHUNKS, actors=2))
+            _run_with(_when_written(store, kill_server), lambda: index_on_ray(generated_docs, store, chunking=SMALL_CHUNKS, actors=1))
         lost.start()
         partial = indexer.stored_ids(store.client().get_collection("lost"))
         expected = indexer.stored_ids(clean.client().get_collection("clean"))
         assert 0 < len(partial) < len(expected)
-        report = index_on_ray(generated_docs, store, chunking=SMALL_CHUNKS, actors=2)
+        report = index_on_ray(generated_docs, store, chunking=SMALL_CHUNKS, actors=1)
         assert report.added == len(expected) - len(partial)
         assert _assert_same_collection(clean, store) == len(expected) == store.client().get_collection("lost").count()
     finally:
@@ -220,11 +223,39 @@ def test_a_chroma_server_lost_midway_is_retried_then_an_error_and_the_next_run_c
 def test_a_bad_or_silent_ray_address_is_one_line_and_its_status(cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A malformed address is bad input (2); one where nothing answers is a cluster that cannot be used
     now (1), said at once (Ray itself would retry for minutes). Both before anything is written."""
-    command = ["index", str(SAMPLE_DOCS), "--persist-dir", str(tmp_path / "chroma"), "--ray"]
-    for address, status, message in (("not an address", 2, "Ray address must be local, auto, HOST:PORT or ray://HOST:PORT"),
-                                      (f"ray://127.0.0.1:{_free_port()}", 1, "no Ray cluster answers at ray://127.0.0.1:")):
+    command = ["index", "--persist-dir", str(tmp_path / "chroma"), "--ray"]
+    for folder, address, status, message in (
+        (SAMPLE_DOCS, "not an address", 2, "Ray address must be local, auto, HOST:PORT or ray://HOST:PORT"),
+        (SAMPLE_DOCS, f"ray://127.0.0.1:{_free_port()}", 1, "no Ray cluster answers at ray://127.0.0.1:"),
+        (tmp_path / "missing", "local", 2, "document folder"),  # listed on the cluster, said as here
+    ):
         started = time.monotonic()
-        assert main([*command, address]) == status
+        assert main([*command, address, str(folder)]) == status
         err = capsys.readouterr().err
-        assert err.startswith(f"mm2d: error: {message}") and err.count("\n") == 1 and time.monotonic() - started < 10
+        assert err.startswith(f"mm2d: error: {message}") and err.count("\n") == 1
+        assert status == 2 or time.monotonic() - started < 10
     assert not (tmp_path / "chroma").exists()
+
+
+def test_a_run_killed_whole_is_completed_by_the_next(cluster: None, server: ChromaServer, tiny_model: str, generated_docs: Path) -> None:
+    """`mm2d index --ray HOST:PORT` (joining this module's cluster) killed with -9 once it has written;
+    the next run embeds only what is missing and ends with exactly the folder's chunks."""
+    store = _server_store(server, "whole", tiny_model)
+    address = ray.get_runtime_context().gcs_address
+    command = [
+        sys.executable, "-m", "mm2d_integrations.cli", "index", str(generated_docs), "--ray", address, "--ray-actors", "1", "--model", tiny_model,
+        "--chroma-host", "127.0.0.1", "--chroma-port", str(server.port), "--collection", "whole",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        _when_written(store, lambda: process.send_signal(signal.SIGKILL))()
+        assert process.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        process.kill()
+    partial = indexer.stored_ids(store.client().get_collection("whole"))
+    expected = indexed_chunk_ids(generated_docs, tiny_model)
+    assert 0 < len(partial) < len(expected)
+    report = index_on_ray(generated_docs, store, actors=1)
+    assert report.added == len(expected) - len(partial) and report.unchanged == len(partial)
+    collection = store.client().get_collection("whole")
+    assert indexer.stored_ids(collection) == expected and collection.count() == len(expected)
