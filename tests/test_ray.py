@@ -184,9 +184,12 @@ def test_an_actor_killed_midway_is_restarted_and_the_index_is_exact_then_reindex
     notes[0].write_text(notes[0].read_text() + "\n\nA paragraph added since the first run.")
     notes[1].unlink()
     (folder / "new.md").write_text("A new note about the turbine maintenance schedule.")
+    (folder / "team0" / "binary.md").write_bytes(b"\x00\x01 not text")  # skipped by an actor
+    (folder / "diagram.png").write_bytes(b"png")  # skipped by the listing
     second = index_on_ray(folder, store, chunking=SMALL_CHUNKS, actors=1)
     changed = _server_store(server, "changed", tiny_model)
-    assert second.chunks == index(folder, changed, chunking=SMALL_CHUNKS).chunks
+    expected = index(folder, changed, chunking=SMALL_CHUNKS)
+    assert (second.files, second.chunks, second.skipped) == (expected.files, expected.chunks, expected.skipped) and len(expected.skipped) == 2
     assert 0 < second.added < 40 and second.removed > 5 and second.unchanged == second.chunks - second.added
     _assert_same_collection(changed, store)
 

@@ -141,7 +141,7 @@ def index_on_ray(
             wanted: set[str] = set()
             written: set[str] = set()
             with tqdm(desc="indexing", unit="chunk", disable=not show_progress) as progress:
-                for table in chunks.iter_batches(batch_size=BATCH, batch_format="pyarrow"):
+                for table in chunks.iter_batches(batch_size=BATCH, batch_format="pyarrow") if to_read else ():
                     rows = table.select(["id", "text", "metadata", "skipped"]).to_pydict()
                     unread.update((path, why) for path, why in zip(rows["text"], rows["skipped"]) if why)
                     wanted.update(chunk_id for chunk_id in rows["id"] if chunk_id)
