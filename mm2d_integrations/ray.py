@@ -126,7 +126,7 @@ def check_address(address: str) -> str:
     start` runs here), `HOST:PORT` (a cluster's GCS) or `ray://HOST:PORT` (Ray Client); else a ValueError."""
     if address in (LOCAL, "auto") or _ADDRESS.fullmatch(address):
         return address
-    raise ValueError(f"Ray address must be local, auto, HOST:PORT or ray://HOST:PORT (the head's client port, 10001 by default), got {address!r}")
+    raise ValueError(f"address must be a Ray address: local, auto, HOST:PORT or ray://HOST:PORT (the head's client port, 10001 by default), got {address!r}")
 
 
 def _probe(address: str) -> None:

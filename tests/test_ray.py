@@ -228,7 +228,7 @@ def test_a_bad_or_silent_ray_address_is_one_line_and_its_status(cluster: None, t
     now (1), said at once (Ray itself would retry for minutes). Both before anything is written."""
     command = ["index", "--persist-dir", str(tmp_path / "chroma"), "--ray"]
     for folder, address, status, message in (
-        (SAMPLE_DOCS, "not an address", 2, "Ray address must be local, auto, HOST:PORT or ray://HOST:PORT"),
+        (SAMPLE_DOCS, "not an address", 2, "address must be a Ray address: local, auto, HOST:PORT or ray://HOST:PORT"),
         (SAMPLE_DOCS, f"ray://127.0.0.1:{_free_port()}", 1, "no Ray cluster answers at ray://127.0.0.1:"),
         (tmp_path / "missing", "local", 2, "document folder"),  # listed on the cluster, said as here
     ):
