@@ -16,7 +16,7 @@ from mm2d_integrations.validation import install_hint
 
 __all__ = [
     "CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "Chunking", "LoadedFolder", "SourceDocument", "TokenCounter", "chunk_id", "from_framework_documents",
-    "html_to_text", "load_folder", "split_documents",
+    "html_to_text", "list_folder", "load_folder", "read_document", "split_documents", "warn_skipped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,31 +155,47 @@ def _files(root: Path) -> Iterator[tuple[Path, str | None]]:
                 yield path, None
 
 
-def load_folder(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> LoadedFolder:
-    """The readable documents of `folder`; everything else is listed in `skipped` with a warning."""
+def list_folder(folder: str | Path) -> tuple[Path, list[tuple[str, str | None]]]:
+    """The resolved folder, and its files in order (paths relative to it, with '/'), each with the reason
+    it must not be read, or None for a file to read (`read_document`)."""
     root = Path(folder).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"document folder {str(folder)!r} does not exist or is not a folder")
     pdf_ok = importlib.util.find_spec("pypdf") is not None
-    loaded = LoadedFolder()
+    listed: list[tuple[str, str | None]] = []
     for path, reason in _files(root):
-        relative = path.relative_to(root).as_posix()
         suffix = path.suffix.lower()
         if reason is None and suffix not in (*TEXT_SUFFIXES, *HTML_SUFFIXES, PDF_SUFFIX):
             reason = f"unsupported file type {suffix or '(none)'}"
         elif reason is None and suffix == PDF_SUFFIX and not pdf_ok:
             reason = "PDF, and pypdf is not installed (pip install 'mm2d-integrations[pdf]')"
-        if reason is None:
-            reason, text = _read(path, suffix, max_file_bytes)
-            if reason is None:
-                loaded.documents.append(SourceDocument(relative, text))
-                continue
-        loaded.skipped.append((relative, reason))
-    if loaded.skipped:
-        logger.warning(
-            "skipped %d file(s) in %s:\n%s", len(loaded.skipped), root,
-            "\n".join(f"  {path}: {why}" for path, why in loaded.skipped),
-        )
+        listed.append((path.relative_to(root).as_posix(), reason))
+    return root, listed
+
+
+def read_document(root: Path, relative: str, max_file_bytes: int = MAX_FILE_BYTES) -> SourceDocument | str:
+    """The document at `relative` (as `list_folder` gives it) under `root`, or why it cannot be read."""
+    path = root / relative
+    reason, text = _read(path, path.suffix.lower(), max_file_bytes)
+    return SourceDocument(relative, text) if reason is None else reason
+
+
+def warn_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        logger.warning("skipped %d file(s) in %s:\n%s", len(skipped), root, "\n".join(f"  {path}: {why}" for path, why in skipped))
+
+
+def load_folder(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> LoadedFolder:
+    """The readable documents of `folder`; everything else is listed in `skipped` with a warning."""
+    root, listed = list_folder(folder)
+    loaded = LoadedFolder()
+    for relative, reason in listed:
+        read = read_document(root, relative, max_file_bytes) if reason is None else reason
+        if isinstance(read, SourceDocument):
+            loaded.documents.append(read)
+        else:
+            loaded.skipped.append((relative, read))
+    warn_skipped(root, loaded.skipped)
     return loaded
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "IndexBusy", "MissingIndex", "StoreUnavailable", "check_collection_name"]
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "ClusterUnavailable", "IndexBusy", "MissingIndex", "StoreUnavailable", "check_collection_name"]
 
 DEFAULT_PERSIST_DIR = Path(".mm2d") / "chroma"
 DEFAULT_COLLECTION = "mm2d"
@@ -22,6 +22,10 @@ class MissingIndex(FileNotFoundError):
 
 class StoreUnavailable(ConnectionError):
     """The Chroma folder cannot be opened, or no Chroma server answers."""
+
+
+class ClusterUnavailable(ConnectionError):
+    """The Ray cluster named to index on (`mm2d index --ray ADDRESS`) does not answer."""
 
 
 class IndexBusy(BlockingIOError):

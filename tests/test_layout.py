@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mm2d_integrations"
-FRAMEWORKS = ("langchain_core", "langchain_chroma", "langchain_text_splitters", "llama_index", "chromadb", "pydantic")
+FRAMEWORKS = ("langchain_core", "langchain_chroma", "langchain_text_splitters", "llama_index", "chromadb", "pydantic", "ray")
 CORE = (
     "mm2d_integrations.encoder", "mm2d_integrations.loading", "mm2d_integrations.options", "mm2d_integrations.runtime",
     "mm2d_integrations.source", "mm2d_integrations.settings", "mm2d_integrations.pooling", "mm2d_integrations.exit_heads",

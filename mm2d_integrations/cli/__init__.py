@@ -15,7 +15,7 @@ from mm2d_integrations.cli.eval import add_eval_command
 from mm2d_integrations.cli.export import add_export_command
 from mm2d_integrations.cli.rag import add_rag_commands
 from mm2d_integrations.cli.serve import add_serve_command
-from mm2d_integrations.store import IndexBusy, StoreUnavailable
+from mm2d_integrations.store import ClusterUnavailable, IndexBusy, StoreUnavailable
 
 __all__ = ["build_parser", "main"]
 
@@ -47,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done, 2 bad input (arguments, files, models), 1 a store that cannot be used now
-    (damaged folder, server down, another run writing), 130 interrupted."""
+    (damaged folder, server down, another run writing, a Ray cluster that does not answer), 130 interrupted."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except (StoreUnavailable, IndexBusy) as error:
+    except (StoreUnavailable, IndexBusy, ClusterUnavailable) as error:
         print(f"mm2d: error: {error}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, FileNotFoundError, ImportError) as error:

@@ -64,9 +64,18 @@ def _print_answer(answer: Answer) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
+    if args.ray_actors is not None and args.ray is None:
+        raise ValueError("--ray-actors counts the actors of --ray: give --ray too")
+    store = _store(args, shortlist_dims=args.shortlist_dims)
+    if args.ray is not None:
+        from mm2d_integrations.rag.ray_index import index_on_ray  # the ray extra
+
+        gpus = 1 if (store.options.device or "").startswith("cuda") else None  # --device cuda: each actor reserves a GPU
+        print(index_on_ray(args.folder, store, address=args.ray, actors=args.ray_actors, num_gpus=gpus, show_progress=progress(args)))
+        return 0
     from mm2d_integrations.rag.pipeline import index
 
-    print(index(args.folder, _store(args, shortlist_dims=args.shortlist_dims), show_progress=progress(args)))
+    print(index(args.folder, store, show_progress=progress(args)))
     return 0
 
 
@@ -112,6 +121,12 @@ def add_rag_commands(commands: Any) -> None:
         "--shortlist-dims", type=int, default=None, metavar="DIMS",
         help="also keep each vector's first DIMS dimensions in COLLECTION-shortDIMS, for mm2d ask --funnel",
     )
+    index_parser.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="read, chunk and embed on a Ray cluster, writing to the store as vectors arrive: alone, a cluster started "
+        "here for the run; auto (ray start), HOST:PORT or ray://HOST:10001 to join one (pip install 'mm2d-integrations[ray]')",
+    )
+    index_parser.add_argument("--ray-actors", type=int, default=None, metavar="N", help="embedding actors with --ray (default: one per CPU)")
     index_parser.set_defaults(run=_index)
 
     ask_parser = commands.add_parser("ask", help="answer a question from the indexed documents, with sources")

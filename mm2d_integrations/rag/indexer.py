@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
+import numpy as np
 from tqdm import tqdm
 
 from mm2d_integrations.chroma import FunnelIndex
 from mm2d_integrations.documents import Chunking, LoadedFolder, SourceDocument, from_framework_documents, load_folder, split_documents
+from mm2d_integrations.store import StoreUnavailable
 
-__all__ = ["BATCH", "DocumentsInput", "IndexReport", "exactly_by_default", "held_ids", "index_folder", "read_input", "source_of", "stored_ids"]
+__all__ = [
+    "BATCH", "WRITE_BACKOFF_S", "WRITE_TRIES", "DocumentsInput", "IndexReport", "exactly_by_default", "held_ids", "index_folder",
+    "read_input", "remove_stale", "source_of", "stored_ids", "write_chunks",
+]
 
 # A folder, a folder already read, or documents: ours, LangChain's or LlamaIndex's.
 DocumentsInput = str | Path | LoadedFolder | Sequence[Any]
 
 BATCH = 64
+WRITE_TRIES = 6
+WRITE_BACKOFF_S = 0.5
+"""A write that loses the Chroma server is tried WRITE_TRIES times, waiting 0.5, 1, 2, 4, 8 s between tries."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +65,47 @@ def held_ids(collection: Any) -> tuple[set[str], set[str]]:
     parts = (collection.full, collection.short) if isinstance(collection, FunnelIndex) else (collection,)
     held = [stored_ids(part) for part in parts]
     return set.intersection(*held), set.union(*held)
+
+
+def _retried(write: Callable[[], T], what: str) -> T:
+    """`write()`, tried again with exponential backoff while the Chroma server cannot be reached (a
+    restart, a network blip); after WRITE_TRIES a `StoreUnavailable`. Writes are upserts and deletes by
+    id, so a try that reached the server before the connection broke is harmless to repeat."""
+    delay = WRITE_BACKOFF_S
+    for attempt in range(1, WRITE_TRIES + 1):
+        try:
+            return write()
+        except (httpx.TransportError, ConnectionError) as error:
+            if attempt == WRITE_TRIES:
+                raise StoreUnavailable(
+                    f"the Chroma server stopped answering while {what} ({type(error).__name__}: {error}; "
+                    f"{WRITE_TRIES} tries over {WRITE_BACKOFF_S * (2 ** (WRITE_TRIES - 1) - 1):.1f} s); what was written is kept: "
+                    "run the same command again once it is back to complete the work"
+                ) from error
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def write_chunks(
+    collection: Any, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[dict[str, Any]], vectors: np.ndarray | None = None
+) -> None:
+    """Upsert one batch of chunks into a collection or a `FunnelIndex` (both of its collections), embedded
+    there unless their `vectors` are given; retried while the server is away (`_retried`)."""
+    if isinstance(collection, FunnelIndex):
+        _retried(lambda: collection.upsert(ids, documents, metadatas, vectors), "writing chunks")
+    else:
+        given = {} if vectors is None else {"embeddings": vectors}
+        _retried(lambda: collection.upsert(ids=list(ids), documents=list(documents), metadatas=list(metadatas), **given), "writing chunks")
+
+
+def remove_stale(collection: Any, existing: set[str], wanted: Collection[str], sources: Collection[str] | None) -> int:
+    """Delete the held chunks (`existing`) that are not `wanted`: all of them (`sources` None: the collection
+    holds exactly what was indexed), or only those of the indexed `sources`. Returns how many went."""
+    stale = sorted(chunk_id for chunk_id in existing - set(wanted) if sources is None or source_of(chunk_id) in sources)
+    for start in range(0, len(stale), 5000):
+        _retried(functools.partial(collection.delete, ids=stale[start : start + 5000]), "deleting stale chunks")
+    return len(stale)
 
 
 def read_input(documents: DocumentsInput) -> LoadedFolder:
@@ -107,20 +161,14 @@ def index_folder(
     with tqdm(total=len(missing), desc="indexing", unit="chunk", disable=not show_progress) as progress:
         for start in range(0, len(missing), BATCH):
             batch = missing[start : start + BATCH]
-            collection.upsert(
-                ids=[chunk.id for chunk in batch],
-                documents=[chunk.text for chunk in batch],
-                metadatas=[chunk.metadata for chunk in batch],
-            )
+            write_chunks(collection, [chunk.id for chunk in batch], [chunk.text for chunk in batch], [chunk.metadata for chunk in batch])
             progress.update(len(batch))
-    stale = sorted(chunk_id for chunk_id in existing - wanted if exactly or source_of(chunk_id) in sources)
-    for start in range(0, len(stale), 5000):
-        collection.delete(ids=stale[start : start + 5000])
+    removed = remove_stale(collection, existing, wanted, None if exactly else sources)
     return IndexReport(
         files=len(loaded.documents),
         chunks=len(chunks),
         added=len(missing),
-        removed=len(stale),
+        removed=removed,
         unchanged=len(chunks) - len(missing),
         skipped=loaded.skipped,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from mm2d_integrations.rag.indexer import DocumentsInput, IndexReport, exactly_b
 from mm2d_integrations.settings import default_model
 from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, IndexBusy, MissingIndex, check_collection_name
 
-__all__ = ["Store", "ask", "index", "make_generator"]
+__all__ = ["Store", "ask", "index", "make_generator", "writing"]
 
 
 @dataclass
@@ -104,6 +106,14 @@ def index(
     model loads; a second run on the same store while one is writing is an `IndexBusy`."""
     loaded = read_input(documents)
     exactly = exactly_by_default(documents) if exactly is None else exactly
+    with writing(store) as (encoder, target):
+        return index_folder(loaded, target, chunking=chunking or Chunking.by_tokens(encoder), exactly=exactly, show_progress=show_progress)
+
+
+@contextlib.contextmanager
+def writing(store: Store) -> Iterator[tuple[Matryoshka2DEncoder, Any]]:
+    """The store's writer lock held for the block (else an `IndexBusy`), with the encoder and what to
+    write to: the collection, or with `shortlist_dims` a `FunnelIndex` of it and its shortlist collection."""
     lock = store.writer_lock()
     try:
         lock.acquire()
@@ -113,10 +123,9 @@ def index(
         client = store.client()
         encoder = store.encoder_for(client, from_collection=False)
         if store.shortlist_dims is None:
-            target = open_collection(encoder, store.collection, client=client)
+            yield encoder, open_collection(encoder, store.collection, client=client)
         else:
-            target = FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
-        return index_folder(loaded, target, chunking=chunking or Chunking.by_tokens(encoder), exactly=exactly, show_progress=show_progress)
+            yield encoder, FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
     finally:
         lock.release()
 
