@@ -393,7 +393,7 @@ class FunnelIndex:
         metadatas = list(metadatas) if metadatas else None
         self.full.upsert(ids=list(ids), embeddings=vectors, documents=list(documents), metadatas=metadatas)
         if self.rows is not None:
-            self.rows.put(ids, vectors)
+            self.rows.put(ids, vectors, documents, metadatas)
         self.short.upsert(ids=list(ids), embeddings=truncate_dimensions(vectors, self.shortlist_dims, self.encoder.normalize), metadatas=metadatas)
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -433,9 +433,7 @@ class FunnelIndex:
         ids, vectors = self.full_vectors(candidates)
         order, scores = rerank(query, vectors, k)
         best = [ids[row] for row in order]
-        # Text and metadata for the k best only: reading records is what costs most here.
-        records = self.full.get(ids=best, include=["documents", "metadatas"])
-        found = {key: (text, metadata or {}) for key, text, metadata in zip(records["ids"], records["documents"], records["metadatas"])}
+        found = self.records(best)  # for the k best only: reading records is what costs most in Chroma
         return [Hit(key, float(score), *found[key]) for key, score in zip(best, scores) if key in found]
 
     def full_vectors(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -447,6 +445,15 @@ class FunnelIndex:
             records = self.full.get(ids=lacking, include=["embeddings"])
             found, vectors = found + list(records["ids"]), np.concatenate([vectors, np.asarray(records["embeddings"], np.float32).reshape(-1, vectors.shape[1])])
         return found, vectors
+
+    def records(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Text and metadata of those of `ids` that are held: from the rows, else from the full collection."""
+        found = self.rows.records(ids) if self.rows is not None else {}
+        lacking = [key for key in ids if key not in found]
+        if lacking:
+            records = self.full.get(ids=lacking, include=["documents", "metadatas"])
+            found.update((key, (text, metadata or {})) for key, text, metadata in zip(records["ids"], records["documents"], records["metadatas"]))
+        return found
 
     def _check_filterable(self) -> None:
         """Filters run on the shortlist collection's metadata, which indexes made before it was kept there lack."""

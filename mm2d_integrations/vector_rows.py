@@ -2,10 +2,11 @@
 
 Reading 100 full vectors back from Chroma by id costs more than Chroma's whole HNSW search (its
 Python client converts every float); reading 100 rows of a memory-mapped matrix costs microseconds.
-So `chroma.FunnelIndex` keeps the full vectors here too, beside the Chroma folder.
+So `chroma.FunnelIndex` keeps the full vectors here too, beside the Chroma folder, with each one's
+text and metadata: a funnel's search then never touches the full collection, nor loads its HNSW.
 
 Layout of the folder: `vectors-<generation>.f16` (rows of `dimensions` float16, C order) and
-`rows.sqlite3` (id -> row, and the generation, in WAL mode). Crash-safety rests on the order of
+`rows.sqlite3` (id -> row, text and metadata as JSON; the generation; in WAL mode). Crash-safety rests on the order of
 writes: rows are allocated in one transaction, their bytes written and synced, then the ids are
 mapped in a second one. A run killed before the mapping leaves unmapped rows (dead space, reclaimed
 by compaction) and ids this store does not hold, which the indexer writes again. A reader takes
@@ -14,11 +15,13 @@ the mapping and the generation from one snapshot, so it never reads a row of ano
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +29,7 @@ __all__ = ["VectorRows"]
 
 DTYPE = np.float16
 _SCHEMA = """
-create table if not exists rows (id text primary key, row integer not null);
+create table if not exists rows (id text primary key, row integer not null, document text, metadata text);
 create table if not exists meta (key text primary key, value text not null);
 """
 _COMPACT_MIN_DEAD = 1024  # below this many dead rows compaction is not worth a rewrite
@@ -67,8 +70,15 @@ class VectorRows:
         with self._lock:
             return {key for (key,) in self._db.execute("select id from rows")}
 
-    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Store `vectors[i]` as the row of `ids[i]`: new rows appended, a held id's row rewritten."""
+    def put(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        documents: Sequence[str | None] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        """Store `vectors[i]` (and `documents[i]`, `metadatas[i]`) as the row of `ids[i]`: new rows
+        appended, a held id's row rewritten."""
         vectors = np.ascontiguousarray(vectors, dtype=DTYPE)
         if vectors.shape != (len(ids), self.dimensions):
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.dimensions}), got {vectors.shape}")
@@ -91,15 +101,16 @@ class VectorRows:
             if int(self._meta()["generation"]) != generation:  # compacted meanwhile: the bytes went to the old file
                 self._db.execute("commit")
                 raise RuntimeError(f"the vector rows in {self.folder} were compacted by another writer during this write; write again")
-            self._db.executemany("insert or replace into rows (id, row) values (?, ?)", zip(ids, rows))
+            texts = documents if documents is not None else [None] * len(ids)
+            metadata = [json.dumps(dict(item)) if item else None for item in (metadatas or [None] * len(ids))]
+            self._db.executemany("insert or replace into rows (id, row, document, metadata) values (?, ?, ?, ?)", zip(ids, rows, texts, metadata))
             self._db.execute("commit")
 
     def delete(self, ids: Sequence[str]) -> None:
         """Forget `ids`; when dead rows outnumber live ones, rewrite the file without them."""
         with self._lock:
             self._db.execute("begin immediate")
-            for start in range(0, len(ids), _PARAMETERS):
-                part = list(ids[start : start + _PARAMETERS])
+            for part in _parts(ids):
                 self._db.execute(f"delete from rows where id in ({','.join('?' * len(part))})", part)
             self._db.execute("commit")
             self._compact_if_sparse()
@@ -117,6 +128,15 @@ class VectorRows:
             rows = np.fromiter((held[key] for key in found), np.int64, len(found))
             matrix = self._matrix(generation, int(rows.max()) + 1)
             return found, matrix[rows].astype(np.float32)
+
+    def records(self, ids: Sequence[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+        """Text and metadata of those of `ids` held here."""
+        found: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        with self._lock:
+            for part in _parts(ids):
+                query = f"select id, document, metadata from rows where id in ({','.join('?' * len(part))})"
+                found.update((key, (text, json.loads(metadata) if metadata else {})) for key, text, metadata in self._db.execute(query, part))
+        return found
 
     def _matrix(self, generation: int, needed_rows: int) -> np.memmap:
         """The generation's file mapped read-only, mapped again when it has grown past what is mapped."""
@@ -169,8 +189,7 @@ class VectorRows:
 
     def _rows(self, ids: Sequence[str]) -> dict[str, int]:
         held: dict[str, int] = {}
-        for start in range(0, len(ids), _PARAMETERS):
-            part = list(ids[start : start + _PARAMETERS])
+        for part in _parts(ids):
             held.update(self._db.execute(f"select id, row from rows where id in ({','.join('?' * len(part))})", part))
         return held
 
@@ -187,3 +206,7 @@ class VectorRows:
         with self._lock:
             self._db.close()
             self._map = (-1, None)
+
+
+def _parts(ids: Sequence[str]) -> list[list[str]]:
+    return [list(ids[start : start + _PARAMETERS]) for start in range(0, len(ids), _PARAMETERS)]
