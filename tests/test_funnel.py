@@ -6,7 +6,6 @@ import asyncio
 import copy
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
 from mm2d_integrations.samples import SAMPLE_DOCS
 from mm2d_integrations.vector_rows import VectorRows
-from tests.test_langchain import MINILM
+from tests.test_langchain import MINILM, TICK, with_ticker
 from tests.test_rag import QUESTIONS, RecordingChatModel, RecordingLLM
 
 SHORT = 64
@@ -156,12 +155,17 @@ def test_a_funnel_search_returns_what_there_is(tmp_path: Path, encoder: Matryosh
     assert [hit.id for hit in hits] == ["b", "a"] and hits[0].document == "Batteries store energy." and hits[0].metadata == {"source": "b.md"}
 
 
+def _support_index(tmp_path: Path, encoder: Matryoshka2DEncoder) -> tuple[Path, FunnelIndex]:
+    """A copy of the sample's support folder, and an empty funnel index in a folder store."""
+    folder = tmp_path / "docs"
+    shutil.copytree(SAMPLE_DOCS / "support", folder)
+    return folder, FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+
+
 def test_reindexing_completes_a_run_killed_between_the_two_collections(
     tmp_path: Path, encoder: Matryoshka2DEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "docs"
-    shutil.copytree(SAMPLE_DOCS / "support", folder)
-    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+    folder, index = _support_index(tmp_path, encoder)
     index_folder(folder, index)
     chunks = {chunk.id: chunk for chunk in split_documents(load_folder(folder).documents)}
     # killed after writing full vectors, before their prefixes; and in the middle of deleting stale chunks
@@ -244,9 +248,7 @@ def test_without_a_folder_the_funnel_reads_the_full_vectors_from_chroma(sample_i
 def test_a_run_killed_between_the_rows_write_and_their_mapping_is_completed(
     tmp_path: Path, encoder: Matryoshka2DEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "docs"
-    shutil.copytree(SAMPLE_DOCS / "support", folder)
-    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+    folder, index = _support_index(tmp_path, encoder)
     write = VectorRows._write
 
     def killed(self: VectorRows, *args: Any) -> None:
@@ -270,9 +272,7 @@ def test_a_run_killed_between_the_rows_write_and_their_mapping_is_completed(
 
 
 def test_rows_missing_for_some_ids_are_read_from_chroma_and_the_next_run_writes_them(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
-    folder = tmp_path / "docs"
-    shutil.copytree(SAMPLE_DOCS / "support", folder)
-    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+    folder, index = _support_index(tmp_path, encoder)
     index_folder(folder, index)
     assert index.rows is not None
     index.rows.delete(sorted(index.rows.ids()))  # as an index made before the rows were kept
@@ -390,20 +390,9 @@ async def test_async_retrieval_matches_and_does_not_block_the_event_loop(sample_
     langchain = LangChainRetriever(index=sample_index, k=3, search_kwargs={"filter": {"source": "support/customer_faq.html"}})
     llama = LlamaRetriever(sample_index, similarity_top_k=3)
     questions = [question["question"] for question in QUESTIONS[:12]]
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.002)
-
-    task = asyncio.create_task(ticker())
-    started = time.perf_counter()
-    found = await asyncio.gather(*(langchain.ainvoke(question) for question in questions))
-    nodes = await asyncio.gather(*(llama.aretrieve(QueryBundle(question)) for question in questions))
-    elapsed = time.perf_counter() - started
-    task.cancel()
-    assert ticks >= elapsed / 0.002 / 4  # the loop kept turning while queries were encoded and searched
+    found, ticks, elapsed = await with_ticker(asyncio.gather(*(langchain.ainvoke(question) for question in questions)))
+    assert ticks >= elapsed / TICK / 4  # the loop kept turning while queries were encoded and searched
+    nodes, ticks, elapsed = await with_ticker(asyncio.gather(*(llama.aretrieve(QueryBundle(question)) for question in questions)))
+    assert ticks >= elapsed / TICK / 4
     assert [[doc.id for doc in docs] for docs in found] == [[doc.id for doc in langchain.invoke(question)] for question in questions]
     assert [[node.node.node_id for node in hits] for hits in nodes] == [[node.node.node_id for node in llama.retrieve(question)] for question in questions]
