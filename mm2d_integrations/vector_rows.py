@@ -84,6 +84,8 @@ class VectorRows:
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.dimensions}), got {vectors.shape}")
         if len(set(ids)) != len(ids):
             raise ValueError("ids must be unique within one call")
+        if not ids:
+            return
         with self._lock:
             self._db.execute("begin immediate")  # allocate: concurrent writers never share a row
             held = self._rows(ids)

@@ -322,6 +322,8 @@ def test_rows_compact_when_dead_rows_outnumber_live_ones_and_an_open_reader_foll
         assert found == kept
         np.testing.assert_allclose(read, expected, atol=1e-2, rtol=1e-3)
     assert len(reader) == 1100 and reader.ids() == set(kept)
+    writer.put([], np.zeros((0, 16)))  # nothing to write: nothing changes
+    assert len(writer) == 1100
     with pytest.raises(ValueError, match=r"vectors must have shape \(1, 16\), got \(1, 8\)"):
         writer.put(["x"], np.zeros((1, 8)))
 
