@@ -29,6 +29,7 @@ from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
 from mm2d_integrations.samples import SAMPLE_DOCS
 from mm2d_integrations.vector_rows import VectorRows
+from tests.test_chroma import ChromaServer, chroma_server  # noqa: F401 (a fixture)
 from tests.test_langchain import MINILM, TICK, with_ticker
 from tests.test_rag import QUESTIONS, RecordingChatModel, RecordingLLM
 
@@ -243,6 +244,21 @@ def test_without_a_folder_the_funnel_reads_the_full_vectors_from_chroma(sample_i
     index.upsert(["a", "b"], ["Heat pumps move heat.", "Batteries store energy."], [{"source": "a.md"}, {"source": "b.md"}])
     assert [hit.id for hit in index.search("What stores energy?", k=2, shortlist_factor=1)] == ["b", "a"]
     assert index.held_ids() == [{"a", "b"}, {"a", "b"}]
+
+
+def test_with_a_chroma_server_the_funnel_reads_the_full_vectors_from_it(
+    chroma_server: ChromaServer, sample_index: FunnelIndex, encoder: Matryoshka2DEncoder  # noqa: F811 (the fixture imported above)
+) -> None:
+    import chromadb
+
+    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port))
+    assert index.rows is None
+    records = sample_index.full.get(include=["embeddings", "documents", "metadatas"])
+    index.upsert(records["ids"], records["documents"], records["metadatas"], np.asarray(records["embeddings"], np.float32))
+    for question in QUESTIONS[:10]:
+        served = index.search(question["question"], k=4, where={"source": question["source"]})
+        local = sample_index.search(question["question"], k=4, where={"source": question["source"]})
+        assert [hit.id for hit in served] == [hit.id for hit in local] and all(hit.metadata["source"] == question["source"] for hit in served)
 
 
 def test_a_run_killed_between_the_rows_write_and_their_mapping_is_completed(
