@@ -19,7 +19,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,13 @@ class VectorRows:
         with self._lock:
             self._db.execute("pragma journal_mode=wal")
             self._db.executescript(_SCHEMA)
-            self._db.execute("begin immediate")
-            meta = self._meta()
-            if meta.get("owner") != owner or int(meta.get("dimensions", dimensions)) != dimensions:
-                self._db.execute("delete from rows")
-                self._set(owner=owner, dimensions=dimensions, generation=int(meta.get("generation", 0)) + 1, allocated=0)
-                for stale in self.folder.glob("vectors-*.f16"):
-                    stale.unlink()
-            self._db.execute("commit")
+            with self._transaction("immediate"):
+                meta = self._meta()
+                if meta.get("owner") != owner or int(meta.get("dimensions", dimensions)) != dimensions:
+                    self._db.execute("delete from rows")
+                    self._set(owner=owner, dimensions=dimensions, generation=int(meta.get("generation", 0)) + 1, allocated=0)
+                    for stale in self.folder.glob("vectors-*.f16"):
+                        stale.unlink()
 
     def __len__(self) -> int:
         with self._lock:
@@ -86,44 +86,41 @@ class VectorRows:
             raise ValueError("ids must be unique within one call")
         if not ids:
             return
+        texts = documents if documents is not None else [None] * len(ids)
+        metadata = [json.dumps(dict(item)) if item else None for item in (metadatas or [None] * len(ids))]
         with self._lock:
-            self._db.execute("begin immediate")  # allocate: concurrent writers never share a row
-            held = self._rows(ids)
-            meta = self._meta()
-            start, generation = int(meta["allocated"]), int(meta["generation"])
-            allocated, rows = start, []
-            for key in ids:
-                if key not in held:
-                    held[key], allocated = allocated, allocated + 1
-                rows.append(held[key])
-            self._set(allocated=allocated)
-            self._db.execute("commit")
+            with self._transaction("immediate"):  # allocate: concurrent writers never share a row
+                held = self._rows(ids)
+                meta = self._meta()
+                start, generation = int(meta["allocated"]), int(meta["generation"])
+                allocated, rows = start, []
+                for key in ids:
+                    if key not in held:
+                        held[key], allocated = allocated, allocated + 1
+                    rows.append(held[key])
+                self._set(allocated=allocated)
             self._write(generation, np.asarray(rows), vectors, allocated)
-            self._db.execute("begin immediate")
-            if int(self._meta()["generation"]) != generation:  # compacted meanwhile: the bytes went to the old file
-                self._db.execute("commit")
-                raise RuntimeError(f"the vector rows in {self.folder} were compacted by another writer during this write; write again")
-            texts = documents if documents is not None else [None] * len(ids)
-            metadata = [json.dumps(dict(item)) if item else None for item in (metadatas or [None] * len(ids))]
-            self._db.executemany("insert or replace into rows (id, row, document, metadata) values (?, ?, ?, ?)", zip(ids, rows, texts, metadata))
-            self._db.execute("commit")
+            with self._transaction("immediate"):
+                if int(self._meta()["generation"]) != generation:  # compacted meanwhile: the bytes went to the old file
+                    raise RuntimeError(f"the vector rows in {self.folder} were compacted by another writer during this write; write again")
+                self._db.executemany(
+                    "insert or replace into rows (id, row, document, metadata) values (?, ?, ?, ?)", zip(ids, rows, texts, metadata)
+                )
 
     def delete(self, ids: Sequence[str]) -> None:
         """Forget `ids`; when dead rows outnumber live ones, rewrite the file without them."""
         with self._lock:
-            self._db.execute("begin immediate")
-            for part in _parts(ids):
-                self._db.execute(f"delete from rows where id in ({','.join('?' * len(part))})", part)
-            self._db.execute("commit")
+            with self._transaction("immediate"):
+                for part in _parts(ids):
+                    self._db.execute(f"delete from rows where id in ({','.join('?' * len(part))})", part)
             self._compact_if_sparse()
 
     def get(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The ids of `ids` held here (in their order) and their vectors as float32; others are left out."""
         with self._lock:
-            self._db.execute("begin")  # one snapshot: the mapping and the file it points into
-            held = self._rows(ids)
-            generation = int(self._meta()["generation"])
-            self._db.execute("commit")
+            with self._transaction():  # one snapshot: the mapping and the file it points into
+                held = self._rows(ids)
+                generation = int(self._meta()["generation"])
             found = [key for key in ids if key in held]
             if not found:
                 return [], np.empty((0, self.dimensions), np.float32)
@@ -173,21 +170,30 @@ class VectorRows:
         dead = int(meta["allocated"]) - live
         if dead <= live or dead < _COMPACT_MIN_DEAD:
             return
-        self._db.execute("begin immediate")
-        generation = int(self._meta()["generation"])
-        held = self._db.execute("select id, row from rows order by row").fetchall()
-        old = self._matrix(generation, 0)
-        new_generation = generation + 1
-        new_rows = np.arange(len(held))
-        new_path = self._path(new_generation)
-        new_path.unlink(missing_ok=True)  # a compaction killed before its commit
-        vectors = old[np.fromiter((row for _, row in held), np.int64, len(held))] if held else np.empty((0, self.dimensions), DTYPE)
-        self._write(new_generation, new_rows, vectors, len(held))
-        self._db.executemany("update rows set row = ? where id = ?", ((int(row), key) for row, (key, _) in zip(new_rows, held)))
-        self._set(generation=new_generation, allocated=len(held))
-        self._db.execute("commit")
+        with self._transaction("immediate"):
+            generation = int(self._meta()["generation"])
+            held = self._db.execute("select id, row from rows order by row").fetchall()
+            old = self._matrix(generation, 0)
+            new_generation = generation + 1
+            new_rows = np.arange(len(held))
+            self._path(new_generation).unlink(missing_ok=True)  # a compaction killed before its commit
+            vectors = old[np.fromiter((row for _, row in held), np.int64, len(held))] if held else np.empty((0, self.dimensions), DTYPE)
+            self._write(new_generation, new_rows, vectors, len(held))
+            self._db.executemany("update rows set row = ? where id = ?", ((int(row), key) for row, (key, _) in zip(new_rows, held)))
+            self._set(generation=new_generation, allocated=len(held))
         self._map = (-1, None)
         self._path(generation).unlink(missing_ok=True)  # a reader that still maps it keeps its pages
+
+    @contextmanager
+    def _transaction(self, mode: str = "") -> Iterator[None]:
+        """A transaction, rolled back on any exception (an interrupt too): the connection stays usable."""
+        self._db.execute(f"begin {mode}")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("rollback")
+            raise
+        self._db.execute("commit")
 
     def _rows(self, ids: Sequence[str]) -> dict[str, int]:
         held: dict[str, int] = {}
