@@ -32,6 +32,7 @@ from mm2d_integrations.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
 from mm2d_integrations.settings import default_model
 from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex, StoreUnavailable, check_collection_name
 from mm2d_integrations.validation import install_hint
+from mm2d_integrations.vector_rows import VectorRows
 
 try:
     import chromadb
@@ -45,10 +46,11 @@ except ImportError as error:
 __all__ = [
     "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit", "MissingIndex", "StoreUnavailable",
     "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "chroma_client", "encoder_config", "has_collection", "open_collection",
-    "open_store", "stored_embedding_function",
+    "open_store", "rows_folder", "stored_embedding_function", "stored_ids",
 ]
 
 FINGERPRINT_KEY = "mm2d_fingerprint"
+ROWS_FOLDER = "mm2d-rows"  # beside chroma.sqlite3: one folder of vector rows per funnel's full collection
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _DAMAGED = "it may be damaged: move it aside and index again"
 
@@ -326,12 +328,30 @@ class Hit(NamedTuple):
     metadata: dict[str, Any]
 
 
-class FunnelIndex:
-    """A Chroma collection of full vectors and one of their first `shortlist_dims` components, same ids.
+def stored_ids(collection: Collection, page: int = 5000) -> set[str]:
+    ids: set[str] = set()
+    while True:
+        found = collection.get(include=[], limit=page, offset=len(ids))["ids"]
+        ids.update(found)
+        if len(found) < page:
+            return ids
 
-    Fill it with `upsert` (or `rag.indexer.index_folder`, which keeps the two in sync); search it
+
+def rows_folder(client: ClientAPI, name: str) -> Path | None:
+    """Where an embedded store keeps a funnel's full vectors as rows (`vector_rows`); None for a server."""
+    settings = client.get_settings()
+    return Path(settings.persist_directory) / ROWS_FOLDER / name if settings.is_persistent else None
+
+
+class FunnelIndex:
+    """A Chroma collection of full vectors and one of their first `shortlist_dims` components, same ids;
+    in an embedded store also the full vectors as float16 rows of a memory-mapped file beside it
+    (`vector_rows.VectorRows`), which re-ranking reads instead of asking Chroma for them.
+
+    Fill it with `upsert` (or `rag.indexer.index_folder`, which keeps the parts in sync); search it
     with `search`. `embedder`: an encoder or one of this package's adapters; `client`: a Chroma
-    client (default: `chroma.chroma_client()`).
+    client (default: `chroma.chroma_client()`). With a Chroma server there is no folder beside the
+    store: re-ranking reads the candidates' full vectors from the full collection (slower).
     """
 
     def __init__(
@@ -353,6 +373,9 @@ class FunnelIndex:
             raise MissingIndex(f"collection {name!r} has no shortlist collection {short!r} (made by indexing with shortlist_dims={shortlist_dims})")
         self.full = open_collection(self.encoder, name, client=client, create=create)
         self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short, client=client, create=create)
+        folder = rows_folder(client, name)
+        self.rows = VectorRows(folder, self.encoder.dimensions, owner=str(self.full.id)) if folder else None
+        self._filters_checked = False
 
     def upsert(
         self,
@@ -361,18 +384,28 @@ class FunnelIndex:
         metadatas: Sequence[dict[str, Any]] | None = None,
         vectors: np.ndarray | None = None,
     ) -> None:
-        """Embed `documents` once (unless their full `vectors` are given); write the full vectors, then
-        their prefixes (with the ids only: documents and metadata are read from the full collection)."""
+        """Embed `documents` once (unless their full `vectors` are given); write the full vectors, their
+        rows, then their prefixes (with the metadata, for filters; documents are read from the full collection)."""
         if vectors is None:
             vectors = self.encoder.encode_documents(list(documents))
         elif np.shape(vectors) != (len(ids), self.encoder.dimensions):
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.encoder.dimensions}), got {np.shape(vectors)}")
-        self.full.upsert(ids=list(ids), embeddings=vectors, documents=list(documents), metadatas=list(metadatas) if metadatas else None)
-        self.short.upsert(ids=list(ids), embeddings=truncate_dimensions(vectors, self.shortlist_dims, self.encoder.normalize))
+        metadatas = list(metadatas) if metadatas else None
+        self.full.upsert(ids=list(ids), embeddings=vectors, documents=list(documents), metadatas=metadatas)
+        if self.rows is not None:
+            self.rows.put(ids, vectors, documents, metadatas)
+        self.short.upsert(ids=list(ids), embeddings=truncate_dimensions(vectors, self.shortlist_dims, self.encoder.normalize), metadatas=metadatas)
 
     def delete(self, ids: Sequence[str]) -> None:
-        self.full.delete(ids=list(ids))
+        """Shortlist first, so that a search stops finding them before their other parts go."""
         self.short.delete(ids=list(ids))
+        if self.rows is not None:
+            self.rows.delete(ids)
+        self.full.delete(ids=list(ids))
+
+    def held_ids(self) -> list[set[str]]:
+        """The ids each part holds: the full collection, the rows (when kept), the shortlist collection."""
+        return [stored_ids(self.full), *([self.rows.ids()] if self.rows is not None else []), stored_ids(self.short)]
 
     def check_complete(self) -> None:
         """A ValueError when the short collection does not hold a prefix of every full vector."""
@@ -383,22 +416,55 @@ class FunnelIndex:
                 f"{self.full.name!r}: index with shortlist_dims={self.shortlist_dims} first"
             )
 
-    def search(self, query: str, k: int = 4, shortlist_factor: int = 10) -> list[Hit]:
-        """The k best documents for `query`: `k x shortlist_factor` candidates by the prefix, ranked by all."""
-        return self.search_vector(self.encoder.encode_queries([query])[0], k, shortlist_factor)
+    def search(self, query: str, k: int = 4, shortlist_factor: int = 10, where: dict[str, Any] | None = None) -> list[Hit]:
+        """The k best documents for `query`: `k x shortlist_factor` candidates by the prefix, ranked by all.
+        `where`: a Chroma metadata filter (`{"source": "a.md"}`, `{"$and": [...]}`), applied to the shortlist."""
+        return self.search_vector(self.encoder.encode_queries([query])[0], k, shortlist_factor, where)
 
-    def search_vector(self, query: np.ndarray, k: int = 4, shortlist_factor: int = 10) -> list[Hit]:
+    def search_vector(self, query: np.ndarray, k: int = 4, shortlist_factor: int = 10, where: dict[str, Any] | None = None) -> list[Hit]:
         """`search` with the query's full vector already computed."""
         wanted = check_search(k, shortlist_factor)
+        if where:
+            self._check_filterable()
         short_query = truncate_dimensions(query[None, :], self.shortlist_dims, self.encoder.normalize)
-        candidates = self.short.query(query_embeddings=short_query, n_results=wanted, include=[])["ids"][0]
+        candidates = self.short.query(query_embeddings=short_query, n_results=wanted, where=where or None, include=[])["ids"][0]
         if not candidates:
             return []
-        # Text and metadata for the k best only: reading records is what costs most here.
-        # get() returns records in its own order and leaves out ids deleted meanwhile.
-        vectors = self.full.get(ids=candidates, include=["embeddings"])
-        order, scores = rerank(query, np.asarray(vectors["embeddings"], np.float32), k)
-        best = [vectors["ids"][row] for row in order]
-        records = self.full.get(ids=best, include=["documents", "metadatas"])
-        found = {key: (text, metadata or {}) for key, text, metadata in zip(records["ids"], records["documents"], records["metadatas"])}
+        ids, vectors = self.full_vectors(candidates)
+        order, scores = rerank(query, vectors, k)
+        best = [ids[row] for row in order]
+        found = self.records(best)  # for the k best only: reading records is what costs most in Chroma
         return [Hit(key, float(score), *found[key]) for key, score in zip(best, scores) if key in found]
+
+    def full_vectors(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The full vectors of those of `ids` that are held (ids deleted meanwhile are left out): from the rows,
+        and from the full collection for a server or for ids the rows lack (a run killed before writing them)."""
+        found, vectors = self.rows.get(ids) if self.rows is not None else ([], np.empty((0, self.encoder.dimensions), np.float32))
+        lacking = [key for key in ids if key not in set(found)] if len(found) < len(ids) else []
+        if lacking:
+            records = self.full.get(ids=lacking, include=["embeddings"])
+            found, vectors = found + list(records["ids"]), np.concatenate([vectors, np.asarray(records["embeddings"], np.float32).reshape(-1, vectors.shape[1])])
+        return found, vectors
+
+    def records(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Text and metadata of those of `ids` that are held: from the rows, else from the full collection."""
+        found = self.rows.records(ids) if self.rows is not None else {}
+        lacking = [key for key in ids if key not in found]
+        if lacking:
+            records = self.full.get(ids=lacking, include=["documents", "metadatas"])
+            found.update((key, (text, metadata or {})) for key, text, metadata in zip(records["ids"], records["documents"], records["metadatas"]))
+        return found
+
+    def _check_filterable(self) -> None:
+        """Filters run on the shortlist collection's metadata, which indexes made before it was kept there lack."""
+        if self._filters_checked:
+            return
+        sample = self.short.get(limit=1, include=["metadatas"])
+        if sample["ids"] and not sample["metadatas"][0]:
+            full = self.full.get(ids=sample["ids"], include=["metadatas"])["metadatas"]
+            if full and full[0]:
+                raise ValueError(
+                    f"collection {self.short.name!r} holds no metadata to filter by (indexed by an older version): "
+                    f"delete it and index again with shortlist_dims={self.shortlist_dims}"
+                )
+        self._filters_checked = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
@@ -12,7 +13,7 @@ from mm2d_integrations.settings import default_model
 from mm2d_integrations.validation import install_hint
 
 try:
-    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
@@ -123,7 +124,8 @@ class FunnelRetriever(BaseRetriever):
     """Shortlists by a prefix of the vectors, ranks by all of them (see `chroma.FunnelIndex`).
 
     Example:
-        `FunnelRetriever(index=FunnelIndex(embeddings, "docs", shortlist_dims=64, client=client), k=4)`
+        `FunnelRetriever(index=FunnelIndex(embeddings, "docs", shortlist_dims=64, client=client), k=4,
+        search_kwargs={"filter": {"source": "a.md"}})`
     Documents carry their stored metadata (`source` ...), their id and, as `score`, their exact cosine.
     """
 
@@ -131,6 +133,9 @@ class FunnelRetriever(BaseRetriever):
     """A `chroma.FunnelIndex` (typed loosely so that this module does not need chromadb)."""
     k: int = 4
     shortlist_factor: int = 10
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """As for the Chroma vector store's retriever: `k`, and a Chroma metadata filter as `filter` (or `where`),
+    e.g. `{"filter": {"source": "a.md"}}`; it selects the shortlist, so the k results all match it."""
 
     @field_validator("index")
     @classmethod
@@ -143,11 +148,26 @@ class FunnelRetriever(BaseRetriever):
 
     @model_validator(mode="after")
     def _check(self) -> FunnelRetriever:
+        unknown = sorted(set(self.search_kwargs) - {"k", "filter", "where"})
+        if unknown:
+            raise ValueError(f"search_kwargs may hold k and filter (or where), got {', '.join(map(repr, unknown))}")
+        if "filter" in self.search_kwargs and "where" in self.search_kwargs:
+            raise ValueError("search_kwargs: give filter or where, not both")
+        if "k" in self.search_kwargs:
+            self.k = self.search_kwargs["k"]
         check_search(self.k, self.shortlist_factor)
         return self
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    def _documents(self, query: str) -> list[Document]:
+        where = self.search_kwargs.get("filter", self.search_kwargs.get("where"))
         return [
             Document(page_content=hit.document, metadata={**hit.metadata, "score": hit.score}, id=hit.id)
-            for hit in self.index.search(query, self.k, self.shortlist_factor)
+            for hit in self.index.search(query, self.k, self.shortlist_factor, where)
         ]
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self._documents(query)
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun) -> list[Document]:
+        """In a worker thread: encoding the query and searching never block the event loop."""
+        return await asyncio.to_thread(self._documents, query)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,6 +21,7 @@ try:
     from llama_index.core.bridge.pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
     from llama_index.core.storage.kvstore.types import DEFAULT_COLLECTION, BaseKVStore
+    from llama_index.core.vector_stores.types import MetadataFilters
 except ImportError as error:
     raise ImportError(install_hint("llama_index.core", "llamaindex")) from error
 
@@ -174,18 +176,35 @@ def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str |
 class FunnelRetriever(BaseRetriever):
     """Shortlists by a prefix of the vectors, ranks by all of them (see `chroma.FunnelIndex`).
 
-    Example: `FunnelRetriever(FunnelIndex(embedding, "docs", shortlist_dims=64, client=client), similarity_top_k=4)`.
+    Example: `FunnelRetriever(FunnelIndex(embedding, "docs", shortlist_dims=64, client=client), similarity_top_k=4,
+    filters=MetadataFilters(filters=[MetadataFilter(key="source", value="a.md")]))`.
     Nodes carry their stored metadata (`source` ...) and id; their score is the exact cosine.
     """
 
-    def __init__(self, index: Any, similarity_top_k: int = 4, shortlist_factor: int = 10, **kwargs: Any) -> None:
-        """`index`: a `chroma.FunnelIndex`."""
+    def __init__(
+        self, index: Any, similarity_top_k: int = 4, shortlist_factor: int = 10, filters: MetadataFilters | None = None, **kwargs: Any
+    ) -> None:
+        """`index`: a `chroma.FunnelIndex`; `filters`: as for a `VectorStoreIndex` retriever over Chroma,
+        turned into Chroma's `where` by llama-index-vector-stores-chroma's own conversion; they select the shortlist."""
         check_search(similarity_top_k, shortlist_factor, k_name="similarity_top_k")
         self.index, self.similarity_top_k, self.shortlist_factor = index, similarity_top_k, shortlist_factor
+        self.where = _chroma_where(filters) if filters is not None else None
         super().__init__(**kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return [
             NodeWithScore(node=TextNode(id_=hit.id, text=hit.document, metadata=hit.metadata), score=hit.score)
-            for hit in self.index.search(query_bundle.query_str, self.similarity_top_k, self.shortlist_factor)
+            for hit in self.index.search(query_bundle.query_str, self.similarity_top_k, self.shortlist_factor, self.where)
         ]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        """In a worker thread: encoding the query and searching never block the event loop."""
+        return await asyncio.to_thread(self._retrieve, query_bundle)
+
+
+def _chroma_where(filters: MetadataFilters) -> dict[str, Any]:
+    try:
+        from llama_index.vector_stores.chroma.base import _to_chroma_filter  # what ChromaVectorStore.query applies
+    except ImportError as error:
+        raise ImportError(install_hint("llama_index.vector_stores.chroma", "rag")) from error
+    return _to_chroma_filter(filters)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +28,9 @@ from mm2d_integrations.funnel import Funnel
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
 from mm2d_integrations.samples import SAMPLE_DOCS
-from tests.test_langchain import MINILM
+from mm2d_integrations.vector_rows import VectorRows
+from tests.test_chroma import ChromaServer, chroma_server  # noqa: F401 (a fixture)
+from tests.test_langchain import MINILM, TICK, with_ticker
 from tests.test_rag import QUESTIONS, RecordingChatModel, RecordingLLM
 
 SHORT = 64
@@ -152,12 +156,17 @@ def test_a_funnel_search_returns_what_there_is(tmp_path: Path, encoder: Matryosh
     assert [hit.id for hit in hits] == ["b", "a"] and hits[0].document == "Batteries store energy." and hits[0].metadata == {"source": "b.md"}
 
 
+def _support_index(tmp_path: Path, encoder: Matryoshka2DEncoder) -> tuple[Path, FunnelIndex]:
+    """A copy of the sample's support folder, and an empty funnel index in a folder store."""
+    folder = tmp_path / "docs"
+    shutil.copytree(SAMPLE_DOCS / "support", folder)
+    return folder, FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+
+
 def test_reindexing_completes_a_run_killed_between_the_two_collections(
     tmp_path: Path, encoder: Matryoshka2DEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "docs"
-    shutil.copytree(SAMPLE_DOCS / "support", folder)
-    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+    folder, index = _support_index(tmp_path, encoder)
     index_folder(folder, index)
     chunks = {chunk.id: chunk for chunk in split_documents(load_folder(folder).documents)}
     # killed after writing full vectors, before their prefixes; and in the middle of deleting stale chunks
@@ -200,3 +209,208 @@ def test_cli_index_with_a_shortlist_then_ask_through_the_funnel(tmp_path: Path, 
         answer = ask(question["question"], Store(persist_dir=persist), framework=framework, generator=model, funnel=Funnel(64, 10))
         assert answer.text == "recorded answer" and question["source"] in answer.sources
         assert question["question"] in model.prompts[-1] and "Use only the context below" in model.prompts[-1]
+
+
+# ---- the full vectors as memory-mapped rows -------------------------------------------------------
+
+
+def _reading_from_chroma(index: FunnelIndex) -> FunnelIndex:
+    """The same index re-ranking from vectors read back from the full collection, as with a Chroma server."""
+    reading = copy.copy(index)
+    reading.rows = None
+    return reading
+
+
+def test_the_rows_rerank_as_the_vectors_read_from_chroma(sample_index: FunnelIndex) -> None:
+    assert sample_index.rows is not None and sample_index.rows.ids() == stored_ids(sample_index.full)
+    ids = sorted(stored_ids(sample_index.full))
+    found, rows = sample_index.rows.get(ids)
+    assert found == ids
+    np.testing.assert_allclose(rows, _vectors(sample_index.full, ids), atol=1e-3)  # float16
+    reading = _reading_from_chroma(sample_index)
+    for question in QUESTIONS:
+        from_rows = sample_index.search(question["question"], k=5, shortlist_factor=10)
+        from_chroma = reading.search(question["question"], k=5, shortlist_factor=10)
+        assert [hit.id for hit in from_rows] == [hit.id for hit in from_chroma]
+        np.testing.assert_allclose([hit.score for hit in from_rows], [hit.score for hit in from_chroma], atol=2e-3)
+        assert [(hit.document, hit.metadata) for hit in from_rows] == [(hit.document, hit.metadata) for hit in from_chroma]
+
+
+def test_without_a_folder_the_funnel_reads_the_full_vectors_from_chroma(sample_index: FunnelIndex, encoder: Matryoshka2DEncoder) -> None:
+    import chromadb
+
+    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chromadb.EphemeralClient())
+    assert index.rows is None
+    index.upsert(["a", "b"], ["Heat pumps move heat.", "Batteries store energy."], [{"source": "a.md"}, {"source": "b.md"}])
+    assert [hit.id for hit in index.search("What stores energy?", k=2, shortlist_factor=1)] == ["b", "a"]
+    assert index.held_ids() == [{"a", "b"}, {"a", "b"}]
+
+
+def test_with_a_chroma_server_the_funnel_reads_the_full_vectors_from_it(
+    chroma_server: ChromaServer, sample_index: FunnelIndex, encoder: Matryoshka2DEncoder  # noqa: F811 (the fixture imported above)
+) -> None:
+    import chromadb
+
+    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port))
+    assert index.rows is None
+    records = sample_index.full.get(include=["embeddings", "documents", "metadatas"])
+    index.upsert(records["ids"], records["documents"], records["metadatas"], np.asarray(records["embeddings"], np.float32))
+    for question in QUESTIONS[:10]:
+        served = index.search(question["question"], k=4, where={"source": question["source"]})
+        local = sample_index.search(question["question"], k=4, where={"source": question["source"]})
+        assert [hit.id for hit in served] == [hit.id for hit in local] and all(hit.metadata["source"] == question["source"] for hit in served)
+
+
+def test_a_run_killed_between_the_rows_write_and_their_mapping_is_completed(
+    tmp_path: Path, encoder: Matryoshka2DEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, index = _support_index(tmp_path, encoder)
+    write = VectorRows._write
+
+    def killed(self: VectorRows, *args: Any) -> None:
+        write(self, *args)  # the bytes are on disk, the ids not yet mapped to them
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VectorRows, "_write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        index_folder(folder, index)
+    monkeypatch.undo()
+    assert index.rows is not None and not index.rows.ids() and stored_ids(index.full)  # the full collection got the first batch
+    report = index_folder(folder, index)
+    ids = stored_ids(index.full)
+    assert report.added == report.chunks == len(ids) and index.rows.ids() == ids == stored_ids(index.short)
+    ordered = sorted(ids)
+    np.testing.assert_allclose(index.rows.get(ordered)[1], _vectors(index.full, ordered), atol=1e-3)
+    # a new process (a new VectorRows on the folder) finds the same rows
+    again = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=chroma_client(tmp_path / "chroma"))
+    assert again.rows is not None and again.rows.get(ordered)[0] == ordered
+    assert [hit.id for hit in again.search("warranty claim", k=3)] == [hit.id for hit in _reading_from_chroma(again).search("warranty claim", k=3)]
+
+
+def test_rows_missing_for_some_ids_are_read_from_chroma_and_the_next_run_writes_them(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
+    folder, index = _support_index(tmp_path, encoder)
+    index_folder(folder, index)
+    assert index.rows is not None
+    index.rows.delete(sorted(index.rows.ids()))  # as an index made before the rows were kept
+    hits = index.search("How long is the warranty?", k=3)
+    assert [hit.id for hit in hits] == [hit.id for hit in _reading_from_chroma(index).search("How long is the warranty?", k=3)]
+    report = index_folder(folder, index)
+    assert report.added == report.chunks and index.rows.ids() == stored_ids(index.full)
+
+
+def test_deleted_chunks_leave_the_rows_and_a_collection_made_again_starts_them_afresh(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
+    folder = tmp_path / "docs"
+    shutil.copytree(SAMPLE_DOCS / "support", folder)
+    client = chroma_client(tmp_path / "chroma")
+    index = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=client)
+    index_folder(folder, index)
+    removed = sorted(key for key in stored_ids(index.full) if key.startswith("customer_faq.html"))
+    (folder / "customer_faq.html").unlink()
+    report = index_folder(folder, index)
+    assert report.removed == len(removed) > 0 and index.rows is not None
+    assert index.rows.get(removed)[0] == []
+    assert index.rows.ids() == stored_ids(index.full) == stored_ids(index.short)
+    assert not {hit.id for hit in index.search("frequently asked questions", k=5)} & set(removed)
+    client.delete_collection("docs")  # by plain chromadb: the rows belong to the collection that is gone
+    fresh = FunnelIndex(encoder, "docs", shortlist_dims=SHORT, client=client)
+    assert fresh.rows is not None and not fresh.rows.ids()
+
+
+def test_rows_compact_when_dead_rows_outnumber_live_ones_and_an_open_reader_follows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    ids = [f"id{row}" for row in range(3000)]
+    writer, reader = VectorRows(tmp_path, 16, owner="c"), None
+    for start in range(0, 3000, 1000):
+        writer.put(ids[start : start + 1000], vectors[start : start + 1000])
+    writer.put(ids[:10], vectors[:10] * 2)  # a held id's row is rewritten in place
+    reader = VectorRows(tmp_path, 16, owner="c")
+    assert reader.get(ids[:2])[0] == ids[:2]  # maps generation 1
+    writer.delete(ids[1000:2500])
+    assert [path.name for path in tmp_path.glob("vectors-*.f16")] == ["vectors-1.f16"]  # 1500 dead < 1500 live: kept
+    writer.delete(ids[2500:2900])
+    assert [path.name for path in tmp_path.glob("vectors-*.f16")] == ["vectors-2.f16"]
+    assert (tmp_path / "vectors-2.f16").stat().st_size == 1100 * 16 * 2
+    kept = ids[:1000] + ids[2900:]
+    expected = np.concatenate([vectors[:10] * 2, vectors[10:1000], vectors[2900:]])
+    for store in (writer, reader):
+        found, read = store.get(["gone", *ids[1000:1010], *kept])
+        assert found == kept
+        np.testing.assert_allclose(read, expected, atol=1e-2, rtol=1e-3)
+    assert len(reader) == 1100 and reader.ids() == set(kept)
+    writer.put([], np.zeros((0, 16)))  # nothing to write: nothing changes
+    assert len(writer) == 1100
+    with pytest.raises(ValueError, match=r"vectors must have shape \(1, 16\), got \(1, 8\)"):
+        writer.put(["x"], np.zeros((1, 8)))
+
+
+# ---- filters and async paths -------------------------------------------------------------------------
+
+
+def test_langchain_funnel_filters_like_the_chroma_store_retriever(sample_index: FunnelIndex, client: Any) -> None:
+    from langchain_chroma import Chroma
+
+    from mm2d_integrations.langchain import FunnelRetriever, Matryoshka2DEmbeddings
+
+    store = Chroma(client=client, collection_name="docs", embedding_function=Matryoshka2DEmbeddings.from_encoder(sample_index.encoder))
+    question = "How many days do I have to return a product?"
+    for search_kwargs in (
+        {"k": 4, "filter": {"source": "policies/expense_policy.md"}},
+        {"k": 3, "filter": {"source": {"$in": ["hr/onboarding_guide.md", "products/pulse_tp3_spec.md"]}}},
+    ):
+        theirs = store.as_retriever(search_kwargs=search_kwargs).invoke(question)
+        ours = FunnelRetriever(index=sample_index, search_kwargs=search_kwargs, shortlist_factor=50).invoke(question)
+        wanted = search_kwargs["filter"]["source"]
+        allowed = set(wanted["$in"]) if isinstance(wanted, dict) else {wanted}
+        assert len(ours) == search_kwargs["k"] and {doc.metadata["source"] for doc in ours} <= allowed
+        assert [doc.id for doc in ours] == [doc.id for doc in theirs]  # few enough to be shortlisted whole: exact
+    where = FunnelRetriever(index=sample_index, k=2, search_kwargs={"where": {"source": "support/customer_faq.html"}}).invoke(question)
+    assert {doc.metadata["source"] for doc in where} == {"support/customer_faq.html"}
+    with pytest.raises(ValueError, match="search_kwargs may hold k and filter \\(or where\\), got 'where_document'"):
+        FunnelRetriever(index=sample_index, search_kwargs={"where_document": {"$contains": "x"}})
+
+
+def test_llama_index_funnel_takes_metadata_filters(sample_index: FunnelIndex) -> None:
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+    from mm2d_integrations.llama_index import FunnelRetriever
+
+    question = "How many days do I have to return a product?"
+    one = MetadataFilters(filters=[MetadataFilter(key="source", value="support/warranty_and_returns.txt")])
+    nodes = FunnelRetriever(sample_index, similarity_top_k=3, filters=one).retrieve(question)
+    assert len(nodes) == 3 and {node.node.metadata["source"] for node in nodes} == {"support/warranty_and_returns.txt"}
+    either = MetadataFilters(
+        filters=[MetadataFilter(key="source", value=["hr/onboarding_guide.md", "policies/expense_policy.md"], operator=FilterOperator.IN)]
+    )
+    nodes = FunnelRetriever(sample_index, similarity_top_k=4, filters=either).retrieve(question)
+    assert len(nodes) == 4 and {node.node.metadata["source"] for node in nodes} <= {"hr/onboarding_guide.md", "policies/expense_policy.md"}
+    nothing = MetadataFilters(filters=[MetadataFilter(key="source", value="no/such/file.md")])
+    assert FunnelRetriever(sample_index, filters=nothing).retrieve(question) == []
+
+
+def test_a_filter_on_a_shortlist_collection_without_metadata_is_refused(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
+    index = FunnelIndex(encoder, "old", shortlist_dims=8, client=chroma_client(tmp_path))
+    index.upsert(["a"], ["Heat pumps move heat."], [{"source": "a.md"}])
+    vector = index.short.get(ids=["a"], include=["embeddings"])["embeddings"]
+    index.short.delete(ids=["a"])
+    index.short.add(ids=["a"], embeddings=vector)  # as an index made before the shortlist kept metadata
+    assert index.search("heat", k=1)  # unfiltered: fine
+    with pytest.raises(ValueError, match="collection 'old-short8' holds no metadata to filter by .*shortlist_dims=8"):
+        index.search("heat", k=1, where={"source": "a.md"})
+
+
+async def test_async_retrieval_matches_and_does_not_block_the_event_loop(sample_index: FunnelIndex) -> None:
+    from llama_index.core.schema import QueryBundle
+
+    from mm2d_integrations.langchain import FunnelRetriever as LangChainRetriever
+    from mm2d_integrations.llama_index import FunnelRetriever as LlamaRetriever
+
+    langchain = LangChainRetriever(index=sample_index, k=3, search_kwargs={"filter": {"source": "support/customer_faq.html"}})
+    llama = LlamaRetriever(sample_index, similarity_top_k=3)
+    questions = [question["question"] for question in QUESTIONS[:12]]
+    found, ticks, elapsed = await with_ticker(asyncio.gather(*(langchain.ainvoke(question) for question in questions)))
+    assert ticks >= elapsed / TICK / 4  # the loop kept turning while queries were encoded and searched
+    nodes, ticks, elapsed = await with_ticker(asyncio.gather(*(llama.aretrieve(QueryBundle(question)) for question in questions)))
+    assert ticks >= elapsed / TICK / 4
+    assert [[doc.id for doc in docs] for docs in found] == [[doc.id for doc in langchain.invoke(question)] for question in questions]
+    assert [[node.node.node_id for node in hits] for hits in nodes] == [[node.node.node_id for node in llama.retrieve(question)] for question in questions]

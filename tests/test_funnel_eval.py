@@ -10,7 +10,7 @@ import pytest
 
 from mm2d_integrations.cli import main
 from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
-from mm2d_integrations.evaluation.funnel import evaluate_funnel
+from mm2d_integrations.evaluation.funnel import auto_shortlist_dims, choose_funnel, evaluate_funnel
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
 from mm2d_integrations.funnel import Funnel
 from tests.test_evaluation_datasets import write_sts_retrieval_set
@@ -113,3 +113,37 @@ def test_bad_funnels_exit_2_naming_the_valid_form(
 ) -> None:
     assert main(["eval", "retrieval", str(beir_folder), "--model", str(minilm_path), *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_auto_chooses_the_narrowest_prefix_then_the_smallest_factor_within_one_percent(vectors) -> None:
+    queries, documents, dataset = vectors
+    own = np.array([0] + [-1] * 49)
+    choice = choose_funnel(queries, documents, dataset, own, 3, 48, [4, 8, 16], factors=(1, 2, 5, 30))
+    exact, _ = _by_sorting(queries, documents, dataset, 48, 30, 48)  # a shortlist of the whole corpus: exact search
+    assert choice.exact_ndcg == pytest.approx(exact, abs=1e-9)
+    for funnel, score in choice.tried.items():  # each as the funnel by full sorts measures it
+        assert score == pytest.approx(_by_sorting(queries, documents, dataset, funnel.shortlist_dims, funnel.shortlist_factor, 48)[0], abs=1e-9)
+    *before, last = choice.tried
+    assert choice.chosen == last and choice.exact_ndcg - choice.tried[last] <= 0.01 * choice.exact_ndcg
+    assert all(choice.exact_ndcg - choice.tried[funnel] > 0.01 * choice.exact_ndcg for funnel in before)
+    assert list(choice.tried) == sorted(choice.tried, key=lambda funnel: (funnel.shortlist_dims, funnel.shortlist_factor))
+    assert len(before) >= 2  # the narrowest ones did lose more than 1% here: the search means something
+    none = choose_funnel(queries, documents, dataset, own, 3, 48, [4], factors=(1,), max_loss=0.0)
+    assert none.chosen is None and list(none.tried) == [Funnel(4, 1)]
+    assert auto_shortlist_dims(384, [384, 128, 96]) == [16, 32, 64, 96, 128, 256] and auto_shortlist_dims(48) == [16, 32]
+
+
+def test_cli_funnel_auto_prints_the_flags_to_index_and_ask_with(
+    minilm_path: Path, beir_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["eval", "retrieval", str(beir_folder), "--model", str(minilm_path), "--layers", "6", "--dims", "384"]
+    assert main([*arguments, "--funnel", "auto", "--json", str(tmp_path / "grid.json")]) == 0
+    out = capsys.readouterr().out
+    auto = json.loads((tmp_path / "grid.json").read_text(encoding="utf-8"))["funnel_auto"]
+    chosen = Funnel.parse(auto["chosen"])
+    assert f"chosen: {chosen}\n  index with: mm2d index DIR --shortlist-dims {chosen.shortlist_dims}\n" in out
+    assert f"  ask with:   mm2d ask QUESTION --funnel {chosen}\n" in out
+    assert auto["tried"][-1]["funnel"] == str(chosen) and auto["tried"][0]["funnel"] == "16x1"
+    assert auto["exact"] - auto["tried"][-1]["score"] <= 0.01 * auto["exact"]
+    assert main([*arguments, "--funnel", "auto", "--funnel", "16x1"]) == 0  # auto beside named funnels
+    assert "     6      16x1    384" in capsys.readouterr().out

@@ -16,7 +16,7 @@ CORE = (
     "mm2d_integrations.encoder", "mm2d_integrations.loading", "mm2d_integrations.options", "mm2d_integrations.runtime",
     "mm2d_integrations.source", "mm2d_integrations.settings", "mm2d_integrations.pooling", "mm2d_integrations.exit_heads",
     "mm2d_integrations.validation", "mm2d_integrations.funnel", "mm2d_integrations.store", "mm2d_integrations.adapt",
-    "mm2d_integrations.documents", "mm2d_integrations.compat", "mm2d_integrations.remote",
+    "mm2d_integrations.documents", "mm2d_integrations.compat", "mm2d_integrations.remote", "mm2d_integrations.vector_rows",
 )
 
 

@@ -19,6 +19,8 @@ from mm2d_integrations.settings import default_model
 
 __all__ = ["add_eval_command"]
 
+AUTO = "auto"  # --funnel auto
+
 
 class Task(NamedTuple):
     """How one kind of data is read and scored."""
@@ -49,7 +51,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--funnel", action="append", default=[], metavar="DIMSxFACTOR",
                 help="also measure funnel retrieval: shortlist 10 x FACTOR by the first DIMS dimensions, re-rank by "
-                "the widest --dimensions (e.g. 64x10; repeatable)",
+                "the widest --dimensions (e.g. 64x10; repeatable); auto: find the narrowest DIMS, then the smallest FACTOR, "
+                "that keep nDCG@10 within 1%% of all dimensions, and print the flags to index and ask with",
             )
             parser.add_argument(
                 "--cross-depth", action="store_true",
@@ -62,13 +65,16 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     _check_before_encoding(args)
-    funnels = [Funnel.parse(text) for text in getattr(args, "funnel", [])]
+    given = getattr(args, "funnel", [])
+    funnels = [Funnel.parse(text) for text in given if text != AUTO]
     data = task.read(args.data)  # before loading the model, so that a bad file fails at once
     options = options_from(args, num_layers=max(args.num_layers) if args.num_layers else None, dimensions=None)
     encoder = Matryoshka2DEncoder(args.model or default_model(), options)
     extra: dict[str, Any] = {"funnels": funnels} if funnels else {}
     if getattr(args, "cross_depth", False):
         extra["cross_depth"] = True
+    if AUTO in given:
+        extra["auto_funnel"] = True
     result = task.evaluate(encoder, data, args.num_layers, args.dimensions, show_progress=progress(args), **extra)
     print(format_report(result))
     if args.json:

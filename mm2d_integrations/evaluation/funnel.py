@@ -9,6 +9,7 @@ that one in Chroma.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from mm2d_integrations.evaluation.metrics import ndcg_at_k
 from mm2d_integrations.evaluation.ranking import top_k
 from mm2d_integrations.funnel import Funnel, rerank
 
-__all__ = ["FUNNEL_K", "FunnelResult", "evaluate_funnel"]
+__all__ = ["AUTO_FACTORS", "FUNNEL_K", "MAX_AUTO_LOSS", "FunnelChoice", "FunnelResult", "auto_shortlist_dims", "choose_funnel", "evaluate_funnel"]
 
 FUNNEL_K = 10  # the funnel serves nDCG@10, the primary metric
 FLOAT32_BYTES = 4
@@ -77,3 +78,65 @@ def evaluate_funnel(
         funnel, layers, dimensions, 100 * float(np.mean(ndcg)), 100 * float(np.mean(exact_ndcg)),
         100 * float(np.mean(recall)), float(funnel_seconds), float(exact_seconds),
     )
+
+
+AUTO_FACTORS = (1, 2, 3, 5, 10, 20, 30, 50)
+AUTO_MIN_DIMS = 16
+MAX_AUTO_LOSS = 0.01  # nDCG@10 within 1% of single-stage search over the full vectors
+
+
+@dataclass(frozen=True)
+class FunnelChoice:
+    """The narrowest funnel whose nDCG@10 is within `max_loss` of single-stage search, and every one tried."""
+
+    layers: int
+    dimensions: int  # the full vectors'
+    exact_ndcg: float  # x100, single-stage exact search over the full vectors
+    tried: dict[Funnel, float]  # funnel -> nDCG@10 x100, narrowest prefix first, then smallest factor
+    chosen: Funnel | None  # None: no funnel tried keeps nDCG@10 within max_loss
+    max_loss: float = MAX_AUTO_LOSS
+
+
+def auto_shortlist_dims(dimensions: int, widths: Sequence[int] = ()) -> list[int]:
+    """The prefixes tried: powers of two from 16, and the evaluated widths, below the full vectors' width."""
+    powers = [1 << exponent for exponent in range(AUTO_MIN_DIMS.bit_length() - 1, dimensions.bit_length())]
+    return sorted({width for width in (*powers, *widths) if width < dimensions})
+
+
+def choose_funnel(
+    queries: np.ndarray,
+    documents: np.ndarray,
+    dataset: BeirSet,
+    own: np.ndarray,
+    layers: int,
+    dimensions: int,
+    shortlist_dims: Sequence[int],
+    factors: Sequence[int] = AUTO_FACTORS,
+    max_loss: float = MAX_AUTO_LOSS,
+) -> FunnelChoice:
+    """Try each prefix (narrowest first) with each factor (smallest first), exact shortlists as in
+    `evaluate_funnel`; the first within `max_loss` of single-stage nDCG@10 is chosen. Each prefix's
+    shortlist is ranked once at the largest factor: a smaller factor's is its beginning."""
+    full_queries, full_documents = truncate_dimensions(queries, dimensions), truncate_dimensions(documents, dimensions)
+    judged = [dataset.qrels[query_id] for query_id in dataset.query_ids]
+
+    def ndcg(found: Sequence[np.ndarray]) -> float:
+        rankings = ([dataset.corpus_ids[index] for index in row] for row in found)
+        return 100 * float(np.mean([ndcg_at_k(ranked, qrels, FUNNEL_K) for ranked, qrels in zip(rankings, judged)]))
+
+    exact = ndcg(top_k(full_queries, full_documents, FUNNEL_K, own))
+    tried: dict[Funnel, float] = {}
+    for width in shortlist_dims:
+        ranked = top_k(truncate_dimensions(queries, width), truncate_dimensions(documents, width), FUNNEL_K * max(factors), own)
+        for factor in sorted(factors):
+            found = []
+            for row, skip in enumerate(own):
+                candidates = ranked[row, : FUNNEL_K * factor]
+                candidates = candidates[candidates != skip]
+                order, _ = rerank(full_queries[row], full_documents[candidates], FUNNEL_K)
+                found.append(candidates[order])
+            funnel = Funnel(width, factor)
+            tried[funnel] = ndcg(found)
+            if exact - tried[funnel] <= max_loss * exact:
+                return FunnelChoice(layers, dimensions, exact, tried, funnel, max_loss)
+    return FunnelChoice(layers, dimensions, exact, tried, None, max_loss)

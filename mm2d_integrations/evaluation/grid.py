@@ -16,7 +16,7 @@ import numpy as np
 
 from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
-from mm2d_integrations.evaluation.funnel import FunnelResult, evaluate_funnel
+from mm2d_integrations.evaluation.funnel import FunnelChoice, FunnelResult, auto_shortlist_dims, choose_funnel, evaluate_funnel
 from mm2d_integrations.evaluation.metrics import spearman
 from mm2d_integrations.evaluation.ranking import RETRIEVAL_METRICS, retrieval_scores
 from mm2d_integrations.evaluation.timing import LayerClock
@@ -53,6 +53,7 @@ class GridResult:
     funnels: list[FunnelResult] = field(default_factory=list)  # retrieval only: each funnel at each depth
     cross_depth: CrossDepth | None = None  # retrieval only, when asked for
     trained_pairs: tuple[Cell, ...] = ()  # the (layers, dimensions) the model was trained for, where its preset says
+    funnel_choice: FunnelChoice | None = None  # retrieval only, with auto_funnel
 
     @property
     def metric(self) -> str:
@@ -130,10 +131,12 @@ def evaluate_retrieval(
     *,
     funnels: Sequence[Funnel] = (),
     cross_depth: bool = False,
+    auto_funnel: bool = False,
     show_progress: bool = False,
 ) -> GridResult:
     """nDCG@10, Recall@100 and MRR@10 x100 of every cell, ranking the whole corpus by exact cosine;
     each funnel at each depth, re-ranking by the widest width evaluated (see `evaluation.funnel`);
+    with `auto_funnel`, the narrowest funnel that keeps nDCG@10 within 1% at the deepest depth (`choose_funnel`);
     with `cross_depth`, every cell of each depth below the encoder's again, documents at the encoder's depth."""
     started = time.perf_counter()
     depths, widths = grid_axes(encoder, layers, dimensions)
@@ -155,7 +158,13 @@ def evaluate_retrieval(
     ]
     shallower = [depth for depth in depths if depth < full]
     crossed = CrossDepth(full, _retrieval_cells(queries, documents, dataset, own, shallower, widths, full)) if cross_depth else None
-    return _result(encoder, "retrieval", scores, depths, texts, clock, started, measured, crossed)
+    deepest = max(depths)
+    choice = (
+        choose_funnel(queries[deepest], documents[deepest], dataset, own, deepest, widths[0], auto_shortlist_dims(widths[0], widths))
+        if auto_funnel
+        else None
+    )
+    return _result(encoder, "retrieval", scores, depths, texts, clock, started, measured, crossed, choice)
 
 
 def _retrieval_cells(
@@ -188,6 +197,7 @@ def _result(
     started: float,
     funnels: list[FunnelResult] | None = None,
     cross_depth: CrossDepth | None = None,
+    funnel_choice: FunnelChoice | None = None,
 ) -> GridResult:
     return GridResult(
         model=encoder.model_name,
@@ -201,4 +211,5 @@ def _result(
         funnels=funnels or [],
         cross_depth=cross_depth,
         trained_pairs=encoder.trained_pairs or (),
+        funnel_choice=funnel_choice,
     )

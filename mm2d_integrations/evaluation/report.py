@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from mm2d_integrations.evaluation.funnel import FunnelChoice
 from mm2d_integrations.evaluation.grid import Cell, CrossDepth, GridResult
 
-__all__ = ["change", "format_report", "save_heatmap", "to_json"]
+__all__ = ["change", "format_report", "funnel_choice_lines", "save_heatmap", "to_json"]
 
 
 def change(result: GridResult, metric: str, layers: int, dimensions: int) -> float:
@@ -49,6 +50,8 @@ def format_report(result: GridResult) -> str:
     lines.append("* of an encoder cut to that depth, measured in the pass: its time less the time in deeper layers")
     if result.funnels:
         lines += ["", *_funnel_table(result)]
+    if result.funnel_choice is not None:
+        lines += ["", *funnel_choice_lines(result.funnel_choice)]
     return "\n".join(lines)
 
 
@@ -69,6 +72,29 @@ def _funnel_table(result: GridResult) -> list[str]:
             f"{milliseconds:>15}  {searched:>21}"
         )
     lines.append("recall@10 vs exact: the share of single-stage search's top 10 in the funnel's; ms/query: median, query vector given")
+    return lines
+
+
+def funnel_choice_lines(choice: FunnelChoice) -> list[str]:
+    """The funnels tried for `--funnel auto`, and the flags to index and ask with."""
+    lines = [
+        f"funnel auto: the narrowest prefix, then the smallest factor, whose nDCG@10 is within {100 * choice.max_loss:g}% of "
+        f"single-stage search over all {choice.dimensions} dimensions ({choice.exact_ndcg:.2f}), {choice.layers} layers, exact shortlists",
+        f"{'funnel':>8}  {'nDCG@10':>7}  {'change':>7}",
+    ]
+    lines += [
+        f"{funnel!s:>8}  {score:>7.2f}  {100 * (score - choice.exact_ndcg) / choice.exact_ndcg:>+6.2f}%" for funnel, score in choice.tried.items()
+    ]
+    if choice.chosen is None:
+        lines.append("no funnel tried keeps nDCG@10 within the limit: search all dimensions (no --funnel)")
+    else:
+        lines += [
+            f"chosen: {choice.chosen}",
+            f"  index with: mm2d index DIR --shortlist-dims {choice.chosen.shortlist_dims}",
+            f"  ask with:   mm2d ask QUESTION --funnel {choice.chosen}",
+            "(an HNSW shortlist can miss what this exact one finds: check in Chroma with benchmarks/funnel.py --funnel "
+            f"{choice.chosen})",
+        ]
     return lines
 
 
@@ -105,7 +131,7 @@ def _rate(texts: int, seconds: float) -> str:
 def to_json(result: GridResult) -> dict[str, Any]:
     """{"model", "task", "metric", "results": [{"layers", "dimensions", "score"}], "seconds"}; score is
     the primary metric x100. A funnel's row adds "funnel": "64x10"; its dimensions are the full vectors'.
-    A cross-depth row adds "query_layers": its "layers" are the documents' depth."""
+    A cross-depth row adds "query_layers": its "layers" are the documents' depth. `--funnel auto` adds "funnel_auto"."""
     crossed = result.cross_depth
     return {
         "model": result.model,
@@ -124,6 +150,16 @@ def to_json(result: GridResult) -> dict[str, Any]:
             for (query_layers, dimensions), score in (crossed.scores[result.metric].items() if crossed else ())
         ],
         "seconds": result.seconds,
+        **({"funnel_auto": _choice_json(result.funnel_choice)} if result.funnel_choice else {}),
+    }
+
+
+def _choice_json(choice: FunnelChoice) -> dict[str, Any]:
+    """`--funnel auto` in --json: what was tried (nDCG@10 x100) and the funnel chosen (null: none)."""
+    return {
+        "layers": choice.layers, "dimensions": choice.dimensions, "exact": choice.exact_ndcg,
+        "tried": [{"funnel": str(funnel), "score": score} for funnel, score in choice.tried.items()],
+        "chosen": str(choice.chosen) if choice.chosen else None,
     }
 
 

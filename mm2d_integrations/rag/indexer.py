@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from mm2d_integrations.chroma import FunnelIndex
+from mm2d_integrations.chroma import FunnelIndex, stored_ids
 from mm2d_integrations.documents import Chunking, LoadedFolder, SourceDocument, from_framework_documents, load_folder, split_documents
 from mm2d_integrations.store import StoreUnavailable
 
@@ -50,20 +50,10 @@ class IndexReport:
         return text + "".join(f"\nskipped {path}: {why}" for path, why in self.skipped)
 
 
-def stored_ids(collection: Any, page: int = 5000) -> set[str]:
-    ids: set[str] = set()
-    while True:
-        found = collection.get(include=[], limit=page, offset=len(ids))["ids"]
-        ids.update(found)
-        if len(found) < page:
-            return ids
-
-
 def held_ids(collection: Any) -> tuple[set[str], set[str]]:
-    """(ids every collection holds, ids any holds): a run killed between the writes of a
-    `FunnelIndex`'s two collections leaves ids in one only, to be written again or deleted."""
-    parts = (collection.full, collection.short) if isinstance(collection, FunnelIndex) else (collection,)
-    held = [stored_ids(part) for part in parts]
+    """(ids every part holds, ids any holds): a run killed between the writes of a `FunnelIndex`'s
+    parts leaves ids in some only, to be written again or deleted."""
+    held = collection.held_ids() if isinstance(collection, FunnelIndex) else [stored_ids(collection)]
     return set.intersection(*held), set.union(*held)
 
 
@@ -142,8 +132,8 @@ def index_folder(
 
     `documents`: a folder (or one read by `load_folder`), or a list of documents: ours
     (`SourceDocument`), LangChain's or LlamaIndex's, whose metadata each chunk keeps.
-    `collection`: a Chroma collection, or a `FunnelIndex`, whose two collections are kept in sync
-    (a chunk either lacks is embedded once and written to both).
+    `collection`: a Chroma collection, or a `FunnelIndex`, whose parts (two collections and, embedded, the
+    vector rows) are kept in sync (a chunk any lacks is embedded once and written to all).
     `chunking`: how documents are cut (default: 800 characters; `index` cuts by the model's tokens).
     `exactly`: the collection then holds exactly these documents, every other source's chunks removed;
     else only the given sources' stale chunks are. Default: exactly a folder; documents given as a
