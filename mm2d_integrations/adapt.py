@@ -333,7 +333,8 @@ def fit_head(rows: Rows, training: Training, sides: str = "shared") -> tuple[Exi
 
 
 def _candidates(fitting: Rows, held: Rows, training: Training, side: str) -> dict[str, ExitHead]:
-    """Every head `training` allows for `side`: ridge, then each trained kind with each loss, started at ridge."""
+    """Every head `training` allows for `side`: ridge, then each trained kind with each loss (ranking
+    losses on the mlp only when the method is auto), started at ridge."""
     inputs, targets = fitting.pointwise(side)
     ridge = fit_ridge(inputs, targets, *held.pointwise(side))
     candidates = {"ridge": ridge}
@@ -346,6 +347,8 @@ def _candidates(fitting: Rows, held: Rows, training: Training, side: str) -> dic
         if training.method not in ("auto", kind):
             continue
         for loss in training.losses:
+            if loss != "cosine" and training.method == "auto" and kind != "mlp":
+                continue  # a ranking loss costs several times the cosine loss; with method auto, only the mlp (always kept so far) gets it
             name = kind if loss == "cosine" else f"{kind}+{loss}"
             candidates[name] = _trained(start(), fitting, side, loss, training)
     if training.method != "auto":
