@@ -35,7 +35,7 @@ from mm2d_integrations.validation import check_int_in_range
 __all__ = [
     "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",
     "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
-    "Rows", "adapt", "agreement", "cut_pseudo_queries", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
+    "Rows", "Training", "adapt", "agreement", "cut_pseudo_queries", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
 ]
 
 METHODS = ("auto", "ridge", "lowrank", "mlp")
@@ -249,7 +249,8 @@ def adapt(
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
         if query_head is not None:
             query_heads[depth] = query_head
-    _write_folder(teacher, heads, query_heads, report, out, {"method": method, "loss": loss, "sides": sides, "temperature": temperature, "top_k": top_k})
+    choices = {"method": method, "loss": loss, "sides": sides, "pseudo_queries": pseudo_queries, "temperature": temperature, "top_k": top_k}
+    _write_folder(teacher, heads, query_heads, report, out, choices)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -511,7 +512,7 @@ def _write_folder(
             **choices,
             "texts": report.texts,
             "held_out": report.held_out,
-            "pseudo_queries": report.pseudo_queries,
+            "pseudo_query_count": report.pseudo_queries,
             "heads": {
                 str(depth): {
                     "chosen": result.chosen, "held_out_agreement": result.agreement, "raw_agreement": result.raw_agreement,

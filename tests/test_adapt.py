@@ -252,8 +252,8 @@ def test_each_loss_and_option_changes_the_heads(options: dict, tiny_base: Path, 
     assert before.keys() == after.keys()
     assert any(not np.allclose(before[name], after[name], atol=1e-6) for name in before)
     recorded = json.loads((tmp_path / "changed" / HEADS_CONFIG).read_text())
-    assert all(recorded[name] == value for name, value in options.items() if name != "pseudo_queries")
-    assert (recorded["pseudo_queries"] == 0) == (options.get("pseudo_queries") == 0)
+    assert all(recorded[name] == value for name, value in options.items())
+    assert (recorded["pseudo_query_count"] == 0) == (options.get("pseudo_queries") == 0)
 
 
 def _synthetic_rows(seed: int = 0, documents: int = 120, width: int = 12) -> Rows:
