@@ -326,7 +326,7 @@ def test_per_side_heads_route_queries_and_documents(per_side: Path, tiny_base: P
         encoder.encode(TEXTS, side="answer")
 
 
-def test_per_side_heads_refuse_an_export_and_shared_heads_keep_format_1(per_side: Path, adapted: Path, tmp_path: Path) -> None:
+def test_per_side_heads_refuse_an_export_and_a_server(per_side: Path, tmp_path: Path) -> None:
     from mm2d_integrations.export import export_model
 
     for format in ("sentence-transformers", "onnx"):
@@ -334,4 +334,11 @@ def test_per_side_heads_refuse_an_export_and_shared_heads_keep_format_1(per_side
             export_model(per_side, tmp_path / format, num_layers=2, format=format)
         assert not (tmp_path / format).exists()
     assert (export_model(per_side, tmp_path / "full") / "modules.json").is_file()  # full depth has no head at all
+    from mm2d_integrations.serve import create_app
+
+    with pytest.raises(ValueError, match="separate query and document exit heads .*cannot tell apart"):
+        create_app(Matryoshka2DEncoder(per_side))
+
+
+def test_shared_heads_keep_format_1(adapted: Path) -> None:
     assert json.loads((adapted / HEADS_CONFIG).read_text())["format"] == FORMAT
