@@ -3,15 +3,19 @@
 The full-depth model is the frozen teacher. One forward pass over unlabeled text gives the pooled
 state of every depth; for each shallow depth a small head is fitted to map it onto the teacher's
 normalised embedding: closed-form ridge regression, a low-rank map, or a linear map plus a small
-MLP (both trained with a cosine loss, starting from the ridge solution). The one with the best mean
-cosine to the teacher on a held-out part of the same text is kept. The base weights are copied
-unchanged beside the heads, so full depth stays bit-identical.
+MLP (both trained, starting from the ridge solution, on a cosine loss, optionally plus a loss that
+matches the teacher's similarity structure). Retrieval needs the teacher's ranking of documents for
+a query, so pseudo-queries are cut from the documents (a sentence, or a span of a one-sentence
+text), embedded with the query prompt, and trained on like every text. The head kept is the one
+whose rankings agree best with the teacher's on a held-out part of the same text. The base weights
+are copied unchanged beside the heads, so full depth stays bit-identical.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,7 +32,11 @@ from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, sav
 from mm2d_integrations.folders import check_new_folder, staged_folder
 from mm2d_integrations.validation import check_int_in_range
 
-__all__ = ["AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HELD_OUT_SHARE", "LEARNING_RATE", "LOW_RANK", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "RIDGE_PENALTIES", "adapt", "fit_head", "fit_ridge", "mean_cosine", "read_corpus"]
+__all__ = [
+    "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",
+    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
+    "Rows", "Training", "adapt", "agreement", "cut_pseudo_queries", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
+]
 
 METHODS = ("auto", "ridge", "lowrank", "mlp")
 MIN_TEXTS = 10
@@ -40,19 +48,77 @@ LOW_RANK = 128  # at most half the width
 EPOCHS = 10
 BATCH = 128
 LEARNING_RATE = 1e-3
+LOSSES = ("auto", "cosine", "similarity", "listwise")  # auto: cosine and similarity, the one that ranks better kept
+HEAD_SIDES = ("shared", "per-side", "auto")
+PSEUDO_QUERIES = 2  # cut from each text
+PSEUDO_QUERY_WORDS = (4, 32)  # a pseudo-query's fewest and most words
+TEMPERATURE = 0.05  # of the softmax over similarities that the ranking losses match
+TOP_K = 16  # the teacher's nearest documents per query in the listwise loss (and as many random ones)
+RANKING_WEIGHT = 0.1  # of a ranking loss beside the cosine loss
+AGREEMENT_K = 10  # held-out agreement: the share of the teacher's top 10 documents that a head's top 10 keeps
+MAX_AGREEMENT_QUERIES = 1_000
 
 
 @dataclass(frozen=True)
 class DepthResult:
-    """What was tried at one depth, as mean cosine to the teacher on the held-out texts."""
+    """What was tried at one depth, on the held-out texts: mean cosine to the teacher, and agreement
+    with the teacher's rankings (the share of its top 10 documents for a held-out query that the
+    head's top 10 keeps, averaged over documents through the head and documents at full depth)."""
 
-    kind: str  # the head kept
+    kind: str  # the head kept (for queries too, unless query_kind)
     raw_cosine: float  # the plain cut: the pooled state itself, without a head
-    tried: dict[str, float]  # kind -> held-out cosine
+    tried: dict[str, float]  # candidate -> held-out cosine (of the document head)
+    agreements: dict[str, float] = field(default_factory=dict)  # candidate -> held-out agreement (the choice)
+    raw_agreement: float = 0.0
+    query_kind: str | None = None  # the queries' own head, where one is kept per side
 
     @property
     def cosine(self) -> float:
-        return self.tried[self.kind]
+        return self.tried[self.chosen]
+
+    @property
+    def agreement(self) -> float:
+        return self.agreements[self.chosen]
+
+    @property
+    def chosen(self) -> str:
+        """The candidate kept: a head, or a "query head / document head" pair."""
+        return self.kind if self.query_kind is None else f"{self.query_kind} / {self.kind}"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The pooled states at one depth with their teacher vectors: documents (document prompt) and
+    queries (query prompt: pseudo-queries, and the documents again where the query prompt differs),
+    each query knowing the document it came from; `held` marks held-out documents."""
+
+    documents: torch.Tensor
+    document_targets: torch.Tensor
+    queries: torch.Tensor
+    query_targets: torch.Tensor
+    query_sources: torch.Tensor
+    held: torch.Tensor  # bool per document
+
+    def side(self, fitting: bool) -> Rows:
+        """The fitting (or held-out) documents and the queries cut from them."""
+        keep, kept_queries = ~self.held if fitting else self.held, (~self.held if fitting else self.held)[self.query_sources]
+        renumber = torch.cumsum(keep.long(), 0) - 1
+        return Rows(
+            self.documents[keep], self.document_targets[keep], self.queries[kept_queries], self.query_targets[kept_queries],
+            renumber[self.query_sources[kept_queries]], torch.zeros(int(keep.sum()), dtype=torch.bool),
+        )
+
+    def ranking_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ranks documents: the queries, or the documents themselves where there is no query."""
+        return (self.queries, self.query_targets) if len(self.queries) else (self.documents, self.document_targets)
+
+    def pointwise(self, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows a head of `side` ("shared", "document" or "query") is fitted on."""
+        if side == "document":
+            return self.documents, self.document_targets
+        if side == "query":
+            return self.ranking_queries()
+        return torch.cat([self.documents, self.queries]), torch.cat([self.document_targets, self.query_targets])
 
 
 @dataclass
@@ -62,6 +128,7 @@ class AdaptReport:
     texts: int
     held_out: int
     depths: dict[int, DepthResult] = field(default_factory=dict)
+    pseudo_queries: int = 0
     encode_seconds: float = 0.0
     seconds: float = 0.0
 
@@ -93,6 +160,32 @@ def _jsonl_text(path: Path, number: int, line: str) -> str:
     return f"{record.get('title') or ''} {record['text']}".strip()
 
 
+def cut_pseudo_queries(texts: Sequence[str], per_text: int, seed: int) -> tuple[list[str], list[int]]:
+    """Up to `per_text` pseudo-queries from each text, and the index of the text each came from: its
+    sentences (at least 4 words, a window of at most 32), or, for a text of one sentence, spans of
+    half its words. A query is a piece of what it finds; the teacher says which documents it finds."""
+    fewest, most = PSEUDO_QUERY_WORDS
+    generator = random.Random(seed)
+    queries, sources = [], []
+    for index, text in enumerate(texts):
+        sentences = [sentence.split() for sentence in re.split(r"(?<=[.!?])\s+|\n+", text)]
+        sentences = [words for words in sentences if len(words) >= fewest]
+        if len(sentences) >= 2:
+            picked = generator.sample(sentences, min(per_text, len(sentences)))
+        else:
+            words = text.split()
+            span = max(fewest, len(words) // 2)
+            picked = [] if len(words) < fewest + 2 else [
+                words[start : start + span] for start in (generator.randrange(len(words) - span + 1) for _ in range(per_text))
+            ]
+        for words in picked:
+            start = generator.randrange(len(words) - most + 1) if len(words) > most else 0
+            queries.append(" ".join(words[start : start + most]))
+            sources.append(index)
+    unique = dict(zip(queries, sources))  # the first source of a repeated piece
+    return list(unique), list(unique.values())
+
+
 def adapt(
     model: str | Path,
     texts: Sequence[str],
@@ -100,6 +193,11 @@ def adapt(
     *,
     layers: Sequence[int] | None = None,
     method: str = "auto",
+    loss: str = "auto",
+    sides: str = "shared",
+    pseudo_queries: int = PSEUDO_QUERIES,
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
     max_texts: int | None = MAX_TEXTS,
     epochs: int = EPOCHS,
     mlp_hidden: int | None = None,
@@ -108,11 +206,22 @@ def adapt(
     device: str | None = None,
     show_progress: bool = False,
 ) -> AdaptReport:
-    """Learn exit heads for `layers` (default every depth below full) and write a complete model folder to `out`."""
+    """Learn exit heads for `layers` (default every depth below full) and write a complete model folder to `out`.
+
+    `method` picks the head kind, `loss` what the trained kinds learn (cosine to the teacher, plus the
+    teacher's in-batch similarities or its listwise ranking of its `top_k` nearest documents, at
+    `temperature`), `sides` whether queries get a head of their own, `pseudo_queries` how many are
+    cut from each text; "auto" tries each and keeps what agrees best with the teacher's rankings
+    on held-out text."""
     started = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    for name, value, allowed in (("method", method, METHODS), ("loss", loss, LOSSES), ("sides", sides, HEAD_SIDES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     check_int_in_range("epochs", epochs, 1, 10_000)
+    check_int_in_range("pseudo_queries", pseudo_queries, 0, 100)
+    check_int_in_range("top_k", top_k, 1, 1 << 16)
+    if not (isinstance(temperature, (int, float)) and 1e-4 <= temperature <= 10):
+        raise ValueError(f"temperature must be a number in [0.0001, 10], got {temperature!r}")
     out = check_new_folder(out)
     texts = _sample(list(dict.fromkeys(texts)), max_texts, seed)
     teacher = Matryoshka2DEncoder(model, batch_size=batch_size, device=device)
@@ -125,21 +234,29 @@ def adapt(
     if not depths:
         raise ValueError(f"layers must name at least one depth in [1, {full - 1}]")
     hidden = 4 * teacher.max_dimensions if mlp_hidden is None else check_int_in_range("mlp_hidden", mlp_hidden, 1, 1 << 16)
+    queries, sources = cut_pseudo_queries(texts, pseudo_queries, seed)
+    if sides == "per-side" and not queries and teacher.query_prompt == teacher.document_prompt:
+        raise ValueError("sides='per-side' needs text on the query side: pseudo_queries >= 1, or a model with its own query prompt")
     report = AdaptReport(out, teacher.model_name, len(texts), min(MAX_HELD_OUT, max(2, int(len(texts) * HELD_OUT_SHARE))))
+    report.pseudo_queries = len(queries)
 
     clock = time.perf_counter()
-    pooled = _pooled_states(teacher, texts, [*depths, full], show_progress)
+    rows = _pooled_rows(teacher, texts, queries, sources, depths, report.held_out, seed, show_progress)
     report.encode_seconds = time.perf_counter() - clock
-    target = torch.nn.functional.normalize(pooled.pop(full), dim=1)
-    held, fit = _split(len(texts), len(target) // len(texts), report.held_out, seed)
-    heads = {}
+    training = Training(method, _losses(loss), hidden, epochs, seed, temperature, top_k)
+    heads, query_heads = {}, {}
     for depth in depths:
-        heads[depth], report.depths[depth] = fit_head(
-            pooled[depth][fit], target[fit], pooled[depth][held], target[held], method, hidden, epochs, seed
-        )
-    _write_folder(teacher, heads, report, out, method)
+        heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
+        if query_head is not None:
+            query_heads[depth] = query_head
+    choices = {"method": method, "loss": loss, "sides": sides, "pseudo_queries": pseudo_queries, "temperature": temperature, "top_k": top_k}
+    _write_folder(teacher, heads, query_heads, report, out, choices)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _losses(loss: str) -> tuple[str, ...]:
+    return ("cosine", "similarity") if loss == "auto" else (loss,)
 
 
 def _sample(texts: list[str], max_texts: int | None, seed: int) -> list[str]:
@@ -150,46 +267,127 @@ def _sample(texts: list[str], max_texts: int | None, seed: int) -> list[str]:
     return texts
 
 
-def _split(texts: int, copies: int, held_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out and fitting rows; a text's copies (one per prompt) fall on the same side."""
-    order = torch.randperm(texts, generator=torch.Generator().manual_seed(seed))
-    rows = [torch.cat([part + copy * texts for copy in range(copies)]) for part in (order[:held_out], order[held_out:])]
-    return rows[0], rows[1]
+def _pooled_rows(
+    teacher: Matryoshka2DEncoder, texts: list[str], queries: list[str], sources: list[int], depths: list[int],
+    held_out: int, seed: int, show_progress: bool,
+) -> dict[int, Rows]:
+    """Un-normalised pooled vectors of every depth, one pass per prompt: the texts with the document
+    prompt; with the query prompt, the pseudo-queries and, where the model has another query prompt,
+    the texts again (queries get it). A random `held_out` of the texts, with their queries, is held out."""
+    full = teacher.max_layers
+    every = [*depths, full]
+    documents = teacher.pooled_layerwise(texts, every, prompt=teacher.document_prompt, show_progress=show_progress)
+    asked = ([*texts] if teacher.query_prompt != teacher.document_prompt else []) + queries
+    asked_sources = (list(range(len(texts))) if teacher.query_prompt != teacher.document_prompt else []) + sources
+    width = documents[full].shape[1]
+    asking = (
+        teacher.pooled_layerwise(asked, every, prompt=teacher.query_prompt, show_progress=show_progress)
+        if asked else {depth: np.empty((0, width), np.float32) for depth in every}
+    )
+    held = torch.zeros(len(texts), dtype=torch.bool)
+    held[torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:held_out]] = True
+    document_targets = torch.nn.functional.normalize(torch.from_numpy(documents[full]), dim=1)
+    query_targets = torch.nn.functional.normalize(torch.from_numpy(asking[full]), dim=1)
+    query_sources = torch.tensor(asked_sources, dtype=torch.long)
+    return {
+        depth: Rows(torch.from_numpy(documents[depth]), document_targets, torch.from_numpy(asking[depth]), query_targets, query_sources, held)
+        for depth in depths
+    }
 
 
-def _pooled_states(
-    teacher: Matryoshka2DEncoder, texts: list[str], depths: list[int], show_progress: bool
-) -> dict[int, torch.Tensor]:
-    """Un-normalised pooled vectors of every depth, one pass per prompt. Texts are seen with the
-    document prompt and, where the model has another, with the query prompt too (queries get it)."""
-    prompts = dict.fromkeys([teacher.document_prompt, teacher.query_prompt])
-    passes = [teacher.pooled_layerwise(texts, depths, prompt=prompt, show_progress=show_progress) for prompt in prompts]
-    return {depth: torch.from_numpy(np.concatenate([vectors[depth] for vectors in passes])) for depth in depths}
+@dataclass(frozen=True)
+class Training:
+    """How the trained heads are trained, and which kinds and losses are tried."""
+
+    method: str
+    losses: tuple[str, ...]
+    mlp_hidden: int
+    epochs: int
+    seed: int
+    temperature: float
+    top_k: int
 
 
-def fit_head(
-    inputs: torch.Tensor, targets: torch.Tensor, held_inputs: torch.Tensor, held_targets: torch.Tensor,
-    method: str, mlp_hidden: int, epochs: int, seed: int,
-) -> tuple[ExitHead, DepthResult]:
-    """The best head of those `method` allows, by mean cosine to the teacher on the held-out texts."""
-    raw = mean_cosine(lambda pooled: pooled, held_inputs, held_targets)
-    ridge = fit_ridge(inputs, targets, held_inputs, held_targets)
+def fit_head(rows: Rows, training: Training, sides: str = "shared") -> tuple[ExitHead, ExitHead | None, DepthResult]:
+    """The best head (or document head and query head) of those allowed, by agreement with the
+    teacher's rankings on the held-out texts; `rows` hold every text, `held` marks the held-out ones."""
+    fitting, held = rows.side(fitting=True), rows.side(fitting=False)
+    shared = _candidates(fitting, held, training, "shared") if sides != "per-side" else {}
+    split = {}
+    if sides != "shared":
+        by_side = {side: _candidates(fitting, held, training, side) for side in ("query", "document")}
+        query_name = max(by_side["query"], key=lambda name: (agreement(rows, by_side["query"][name], None), name))
+        document_name = max(by_side["document"], key=lambda name: (agreement(rows, by_side["query"][query_name], by_side["document"][name]), name))
+        split = {f"{query_name} / {document_name}": (by_side["query"][query_name], by_side["document"][document_name])}
+    candidates = {name: (head, head) for name, head in shared.items()} | split
+    held_documents, held_targets = held.pointwise("shared")
+    tried = {name: mean_cosine(pair[1], held_documents, held_targets) for name, pair in candidates.items()}
+    agreements = {name: agreement(rows, *pair) for name, pair in candidates.items()}
+    chosen = max(candidates, key=lambda name: (agreements[name], tried[name]))
+    query_head, document_head = candidates[chosen]
+    identity = torch.nn.Identity()
+    plain = {"raw_cosine": mean_cosine(identity, held_documents, held_targets), "raw_agreement": agreement(rows, identity, identity)}
+    if query_head is document_head:
+        return document_head, None, DepthResult(chosen, tried=tried, agreements=agreements, **plain)
+    query_name, document_name = chosen.split(" / ")
+    return document_head, query_head, DepthResult(document_name, tried=tried, agreements=agreements, query_kind=query_name, **plain)
+
+
+def _candidates(fitting: Rows, held: Rows, training: Training, side: str) -> dict[str, ExitHead]:
+    """Every head `training` allows for `side`: ridge, then each trained kind with each loss (ranking
+    losses on the mlp only when the method is auto), started at ridge."""
+    inputs, targets = fitting.pointwise(side)
+    ridge = fit_ridge(inputs, targets, *held.pointwise(side))
     candidates = {"ridge": ridge}
     width = inputs.shape[1]
-    if method in ("auto", "lowrank"):
-        candidates["lowrank"] = _trained(_low_rank_from(ridge, min(LOW_RANK, max(1, width // 2))), inputs, targets, epochs, seed)
-    if method in ("auto", "mlp"):
-        candidates["mlp"] = _trained(_mlp_from(ridge, mlp_hidden, seed), inputs, targets, epochs, seed)
-    if method != "auto":
-        candidates = {method: candidates[method]}
-    tried = {kind: mean_cosine(head, held_inputs, held_targets) for kind, head in candidates.items()}
-    kind = max(tried, key=tried.__getitem__)
-    return candidates[kind].eval(), DepthResult(kind, raw, tried)
+    starts = {
+        "lowrank": lambda: _low_rank_from(ridge, min(LOW_RANK, max(1, width // 2))),
+        "mlp": lambda: _mlp_from(ridge, training.mlp_hidden, training.seed),
+    }
+    for kind, start in starts.items():
+        if training.method not in ("auto", kind):
+            continue
+        for loss in training.losses:
+            if loss != "cosine" and training.method == "auto" and kind != "mlp":
+                continue  # a ranking loss costs several times the cosine loss; with method auto, only the mlp (always kept so far) gets it
+            name = kind if loss == "cosine" else f"{kind}+{loss}"
+            candidates[name] = _trained(start(), fitting, side, loss, training)
+    if training.method != "auto":
+        candidates = {name: head for name, head in candidates.items() if name.split("+")[0] == training.method}
+    return candidates
 
 
 @torch.no_grad()
 def mean_cosine(head: Any, inputs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(head(inputs), targets).mean())
+
+
+@torch.no_grad()
+def agreement(rows: Rows, query_head: Any, document_head: Any | None) -> float:
+    """How well heads keep the teacher's rankings on held-out text: each held-out query (its
+    pseudo-queries, else the held-out documents) ranks every document; the share of the teacher's
+    top `AGREEMENT_K` found in the heads' top `AGREEMENT_K`, averaged over documents through
+    `document_head` (same depth) and documents at full depth (cross depth; only that one without a document head)."""
+    held = rows.side(fitting=False)
+    queries, query_targets = (part[:MAX_AGREEMENT_QUERIES] for part in held.ranking_queries())
+    if not len(queries):
+        return 0.0
+    k = min(AGREEMENT_K, len(rows.documents))
+    teacher = _top(query_targets, rows.document_targets, k)
+    shallow = torch.nn.functional.normalize(query_head(queries), dim=1)
+    spaces = [rows.document_targets]
+    if document_head is not None:
+        spaces.append(torch.nn.functional.normalize(document_head(rows.documents), dim=1))
+    shares = []
+    for documents in spaces:
+        found = _top(shallow, documents, k)
+        shares.append(float((found[:, :, None] == teacher[:, None, :]).any(2).float().mean()))
+    return sum(shares) / len(shares)
+
+
+def _top(queries: torch.Tensor, documents: torch.Tensor, k: int, rows: int = 4096) -> torch.Tensor:
+    """Indices of each query's k nearest documents by dot product, a block of queries at a time."""
+    return torch.cat([(block @ documents.T).topk(k, dim=1).indices for block in queries.split(rows)]) if len(queries) else torch.empty(0, k, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -239,25 +437,68 @@ def _mlp_from(ridge: ExitHead, hidden: int, seed: int) -> ExitHead:
     return head
 
 
-def _trained(head: ExitHead, inputs: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> ExitHead:
-    """Adam with a one-cycle schedule on 1 - cosine(head(x), teacher)."""
+def _trained(head: ExitHead, rows: Rows, side: str, loss: str, training: Training) -> ExitHead:
+    """Adam with a one-cycle schedule on 1 - cosine(head(x), teacher), plus, for a ranking `loss`,
+    `RANKING_WEIGHT` times the KL divergence from the teacher's softmax over query-document
+    similarities (at `temperature`) to the head's: over in-batch documents (similarity) or over the
+    teacher's `top_k` nearest documents of each query and as many random ones (listwise)."""
+    inputs, targets = rows.pointwise(side)
+    queries, query_targets = rows.ranking_queries()
+    nearest = _top(query_targets, rows.document_targets, min(training.top_k, len(rows.documents))) if loss != "cosine" else None
     head.train()
     parameters = [parameter for parameter in head.parameters() if parameter.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=LEARNING_RATE)
     batches = -(-len(inputs) // BATCH)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=epochs * batches)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=training.epochs * batches)
+    generator = torch.Generator().manual_seed(training.seed)
+    for _ in range(training.epochs):
         for batch in torch.randperm(len(inputs), generator=generator).split(BATCH):
-            loss = 1 - torch.nn.functional.cosine_similarity(head(inputs[batch]), targets[batch]).mean()
+            value = 1 - torch.nn.functional.cosine_similarity(head(inputs[batch]), targets[batch]).mean()
+            if nearest is not None:
+                asked = torch.randint(len(queries), (len(batch),), generator=generator)
+                value = value + RANKING_WEIGHT * _ranking_loss(head, rows, side, loss, asked, queries, query_targets, nearest, training, generator)
             optimiser.zero_grad()
-            loss.backward()
+            value.backward()
             optimiser.step()
             schedule.step()
     return head.eval()
 
 
-def _write_folder(teacher: Matryoshka2DEncoder, heads: dict[int, ExitHead], report: AdaptReport, out: Path, method: str) -> None:
+def _ranking_loss(
+    head: ExitHead, rows: Rows, side: str, loss: str, asked: torch.Tensor, queries: torch.Tensor, query_targets: torch.Tensor,
+    nearest: torch.Tensor, training: Training, generator: torch.Generator,
+) -> torch.Tensor:
+    """KL(teacher || head) of the softmax over each asked query's candidate documents. The side the
+    head serves is the head's, the other the teacher's; a shared head is scored against documents
+    through itself (same depth) and at full depth (cross depth)."""
+    count = len(asked)
+    if loss == "similarity":  # the batch's documents, the same for every query: each query's nearest, and as many random ones
+        candidates = torch.cat([nearest[asked, 0], torch.randint(len(rows.documents), (count,), generator=generator)])
+    else:
+        candidates = torch.cat([nearest[asked], torch.randint(len(rows.documents), nearest[asked].shape, generator=generator)], 1)
+    document_targets = rows.document_targets[candidates]
+    teacher = torch.log_softmax(_similarities(query_targets[asked], document_targets) / training.temperature, 1)
+    student_queries = torch.nn.functional.normalize(head(queries[asked]), dim=1) if side != "document" else query_targets[asked]
+    spaces = [document_targets] if side != "document" else []
+    if side != "query":
+        unique, positions = candidates.unique(return_inverse=True)
+        spaces.append(torch.nn.functional.normalize(head(rows.documents[unique]), dim=1)[positions])
+    value = torch.zeros(())
+    for documents in spaces:
+        student = torch.log_softmax(_similarities(student_queries, documents) / training.temperature, 1)
+        value = value + torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return value
+
+
+def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    """(queries, candidates): against one list of documents for all, or a list per query."""
+    return queries @ documents.T if documents.dim() == 2 else torch.einsum("qd,qcd->qc", queries, documents)
+
+
+def _write_folder(
+    teacher: Matryoshka2DEncoder, heads: dict[int, ExitHead], query_heads: dict[int, ExitHead], report: AdaptReport, out: Path,
+    choices: dict[str, Any],
+) -> None:
     """The base model's files, unchanged, plus the heads; written aside and moved in at the end."""
     source = teacher.source
     folder = source.local_dir or source.file("config.json").parent
@@ -268,12 +509,16 @@ def _write_folder(teacher: Matryoshka2DEncoder, heads: dict[int, ExitHead], repo
             "pooling": teacher.pooling,
             "max_length": teacher.max_length,
             "prompts": {"document": teacher.document_prompt, "query": teacher.query_prompt},
-            "method": method,
+            **choices,
             "texts": report.texts,
             "held_out": report.held_out,
+            "pseudo_query_count": report.pseudo_queries,
             "heads": {
-                str(depth): {"held_out_cosine": result.cosine, "raw_cosine": result.raw_cosine, "tried": result.tried}
+                str(depth): {
+                    "chosen": result.chosen, "held_out_agreement": result.agreement, "raw_agreement": result.raw_agreement,
+                    "held_out_cosine": result.cosine, "raw_cosine": result.raw_cosine, "tried": result.tried, "agreements": result.agreements,
+                }
                 for depth, result in report.depths.items()
             },
         }
-        save_exit_heads(staging, heads, description)
+        save_exit_heads(staging, heads, description, query_heads)

@@ -313,7 +313,7 @@ class Matryoshka2DEncoder:
 
     def encode_queries(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Query vectors (the query prompt prepended, at `query_num_layers`), shape (n, dimensions), float32."""
-        return self.encode(texts, prompt=self.query_prompt, num_layers=self.query_num_layers, show_progress=show_progress)
+        return self.encode(texts, prompt=self.query_prompt, num_layers=self.query_num_layers, side="query", show_progress=show_progress)
 
     async def aencode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """`encode_documents` on a worker thread, so the event loop keeps running."""
@@ -323,14 +323,17 @@ class Matryoshka2DEncoder:
         """`encode_queries` on a worker thread, so the event loop keeps running."""
         return await _off_loop(self.encode_queries, texts)
 
-    def encode(self, texts: Sequence[str], *, prompt: str = "", num_layers: int | None = None, show_progress: bool | None = None) -> np.ndarray:
-        """Vectors of `texts` with `prompt` prepended, at `num_layers` (default: the documents' depth)."""
+    def encode(
+        self, texts: Sequence[str], *, prompt: str = "", num_layers: int | None = None, side: str = "document", show_progress: bool | None = None
+    ) -> np.ndarray:
+        """Vectors of `texts` with `prompt` prepended, at `num_layers` (default: the documents' depth),
+        through `side`'s exit head where the model has one per side."""
         depth = self.num_layers if num_layers is None else num_layers
-        vectors = self.encode_layerwise(texts, [depth], prompt=prompt, show_progress=show_progress)
+        vectors = self.encode_layerwise(texts, [depth], prompt=prompt, side=side, show_progress=show_progress)
         return truncate_dimensions(vectors[depth], self.dimensions, self.normalize)
 
     def encode_layerwise(
-        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool | None = None
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", side: str = "document", show_progress: bool | None = None
     ) -> dict[int, np.ndarray]:
         """Vectors at several `num_layers` from one forward pass: {num_layers: (n, max_dimensions) array}.
 
@@ -339,7 +342,7 @@ class Matryoshka2DEncoder:
         `truncate_dimensions` of them is exact too. `show_progress` (default: the encoder's option)
         shows a bar over the batches.
         """
-        vectors = self.pooled_layerwise(texts, num_layers, prompt=prompt, show_progress=show_progress)
+        vectors = self.pooled_layerwise(texts, num_layers, prompt=prompt, side=side, show_progress=show_progress)
         if len(self._loaded.dense):
             vectors = {kept: self._dense(pooled) for kept, pooled in vectors.items()}
         if self._normalizes_full_width:
@@ -348,10 +351,10 @@ class Matryoshka2DEncoder:
         return vectors
 
     def pooled_layerwise(
-        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", show_progress: bool | None = None
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", side: str = "document", show_progress: bool | None = None
     ) -> dict[int, np.ndarray]:
-        """`encode_layerwise` before any Dense module and normalisation: the pooled states (after an exit
-        head), {num_layers: (n, hidden size) array}, that `mm2d adapt` fits its heads on."""
+        """`encode_layerwise` before any Dense module and normalisation: the pooled states (after the exit
+        head of `side`, "document" or "query"), {num_layers: (n, hidden size) array}, that `mm2d adapt` fits its heads on."""
         show_progress = self.show_progress if show_progress is None else show_progress
         checked = check_texts(texts)
         loaded = self._loaded.num_layers
@@ -363,7 +366,7 @@ class Matryoshka2DEncoder:
         skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
         batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
-            pooled = self._forward([token_ids[index] for index in batch], wanted, skipped)
+            pooled = self._forward([token_ids[index] for index in batch], wanted, skipped, side)
             for kept, vectors in pooled.items():
                 results[kept][batch] = vectors
         return results
@@ -429,7 +432,7 @@ class Matryoshka2DEncoder:
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     @torch.inference_mode()
-    def _forward(self, token_ids: list[list[int]], num_layers: list[int], skipped: int = 0) -> dict[int, np.ndarray]:
+    def _forward(self, token_ids: list[list[int]], num_layers: list[int], skipped: int = 0, side: str = "document") -> dict[int, np.ndarray]:
         """Pooled vectors at each of `num_layers` (ascending); the first `skipped` tokens (a prompt) are
         left out of pooling. One depth runs only its layers (queries shallower than the loaded model
         included); several run every loaded layer and read each off."""
@@ -442,7 +445,7 @@ class Matryoshka2DEncoder:
         pooled = {}
         for kept in num_layers:
             vectors = pool(hidden_states[kept].float(), pooling_mask, self.pooling)
-            vectors = self._loaded.exit_heads.apply(kept, vectors)  # none at full depth
+            vectors = self._loaded.exit_heads.apply(kept, vectors, side)  # none at full depth
             pooled[kept] = vectors.cpu().numpy()
         return pooled
 

@@ -6,6 +6,11 @@ encoder applies the head of its depth right after pooling; full depth never has 
 vectors stay bit-identical to the base model's. The heads file is a `*.safetensors` of the folder,
 so it is part of the weights hash of the encoder's fingerprint: adapted and plain vectors never
 share a Chroma collection.
+
+A depth may have two heads, one for each side (`mm2d adapt --sides per-side`): the document head under
+`heads`, the query head under `query_heads` (tensors `q<depth>.*`). Such a folder is written as format
+`mm2d-exit-heads/2`, so that a reader that knows only one head per depth refuses it instead of giving
+queries the document head; a folder with one head per depth stays `mm2d-exit-heads/1`.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from safetensors.torch import load_file, save
 
 from mm2d_integrations.source import ModelSource
 
-__all__ = ["FORMAT", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
+__all__ = ["FORMAT", "FORMAT_PER_SIDE", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "SIDES", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
 
 HEADS_FILE = "mm2d_exit_heads.safetensors"
 HEADS_CONFIG = "mm2d_exit_heads.json"
 FORMAT = "mm2d-exit-heads/1"
+FORMAT_PER_SIDE = "mm2d-exit-heads/2"  # some depth has a query head of its own
+SIDES = ("document", "query")
 KINDS = ("linear", "lowrank", "mlp")
 
 
@@ -60,12 +67,19 @@ class ExitHead(torch.nn.Module):
 class ExitHeads:
     """The exit heads of a model folder by depth (none for a plain model), and what they expect."""
 
-    heads: dict[int, ExitHead] = field(default_factory=dict)
+    heads: dict[int, ExitHead] = field(default_factory=dict)  # documents' (and queries', unless below)
     pooling: str | None = None
+    query_heads: dict[int, ExitHead] = field(default_factory=dict)  # queries' own, where learned apart
 
-    def apply(self, depth: int, pooled: torch.Tensor) -> torch.Tensor:
-        """The head of `depth` applied to pooled vectors; a depth without a head is left as it is."""
-        head = self.heads.get(depth)
+    def head(self, depth: int, side: str = "document") -> ExitHead | None:
+        """The head that maps `side`'s pooled vectors at `depth`: a query head of its own, else the shared one."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
+        return (self.query_heads.get(depth) if side == "query" else None) or self.heads.get(depth)
+
+    def apply(self, depth: int, pooled: torch.Tensor, side: str = "document") -> torch.Tensor:
+        """The head of `depth` for `side` applied to pooled vectors; a depth without a head is left as it is."""
+        head = self.head(depth, side)
         if head is None:
             return pooled
         return head(pooled.to(head.mean.dtype))
@@ -79,16 +93,23 @@ class ExitHeads:
             )
 
 
-def save_exit_heads(folder: Path, heads: dict[int, ExitHead], description: dict[str, Any]) -> None:
-    """Write the heads and their description (`description` gains each head's kind and width)."""
+def save_exit_heads(
+    folder: Path, heads: dict[int, ExitHead], description: dict[str, Any], query_heads: dict[int, ExitHead] | None = None
+) -> None:
+    """Write the heads (and the query heads of their own) and their description (`description` gains
+    each head's kind and width)."""
+    query_heads = query_heads or {}
     tensors = {
-        f"{depth}.{name}": tensor.detach().float().cpu().contiguous()
-        for depth, head in heads.items()
+        f"{prefix}{depth}.{name}": tensor.detach().float().cpu().contiguous()
+        for prefix, by_depth in (("", heads), ("q", query_heads))
+        for depth, head in by_depth.items()
         for name, tensor in head.state_dict().items()
     }
     (folder / HEADS_FILE).write_bytes(save(tensors))
-    config = {"format": FORMAT, **description}
+    config = {"format": FORMAT_PER_SIDE if query_heads else FORMAT, **description}
     config["heads"] = {str(depth): {**heads[depth].describe(), **config.get("heads", {}).get(str(depth), {})} for depth in heads}
+    if query_heads:
+        config["query_heads"] = {str(depth): head.describe() for depth, head in query_heads.items()}
     (folder / HEADS_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
@@ -101,20 +122,31 @@ def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: to
     if tensors_path is None:
         raise FileNotFoundError(f"model {source.name!r} has {HEADS_CONFIG} but no {HEADS_FILE}")
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.get("format") != FORMAT:
-        raise ValueError(f"model {source.name!r}: {HEADS_CONFIG} has format {config.get('format')!r}, expected {FORMAT!r}")
+    if config.get("format") not in (FORMAT, FORMAT_PER_SIDE):
+        raise ValueError(f"model {source.name!r}: {HEADS_CONFIG} has format {config.get('format')!r}, expected {FORMAT!r} or {FORMAT_PER_SIDE!r}")
     tensors = load_file(str(tensors_path))
+    heads = _read_heads(source.name, config.get("heads", {}), tensors, "", max_layers, width, device)
+    query_heads = _read_heads(source.name, config.get("query_heads", {}), tensors, "q", max_layers, width, device)
+    if set(query_heads) - set(heads):
+        raise ValueError(f"model {source.name!r}: query exit heads at depths {sorted(set(query_heads) - set(heads))} without a document head")
+    return ExitHeads(heads, config.get("pooling"), query_heads)
+
+
+def _read_heads(
+    name: str, entries: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str, max_layers: int, width: int, device: torch.device
+) -> dict[int, ExitHead]:
+    """The heads described by `entries` (depth -> kind), their tensors named `<prefix><depth>.*`."""
     heads = {}
-    for key, entry in config.get("heads", {}).items():
+    for key, entry in entries.items():
         depth = int(key)
         if not 1 <= depth < max_layers:
-            raise ValueError(f"model {source.name!r}: exit head for depth {depth}, outside [1, {max_layers - 1}]")
+            raise ValueError(f"model {name!r}: exit head for depth {depth}, outside [1, {max_layers - 1}]")
         head = ExitHead(entry.get("kind"), width, int(entry.get("inner", 0)))
-        own = {name.removeprefix(f"{key}."): value for name, value in tensors.items() if name.startswith(f"{key}.")}
+        own = {tensor.removeprefix(f"{prefix}{key}."): value for tensor, value in tensors.items() if tensor.startswith(f"{prefix}{key}.")}
         try:
             head.load_state_dict(own)
         except RuntimeError as error:
-            raise ValueError(f"model {source.name!r}: {HEADS_FILE} does not match {HEADS_CONFIG} at depth {depth}: {error}") from None
+            raise ValueError(f"model {name!r}: {HEADS_FILE} does not match {HEADS_CONFIG} at depth {depth}: {error}") from None
         heads[depth] = head.to(device).eval().requires_grad_(False)  # inference only (and constants in a graph export)
-    return ExitHeads(heads, config.get("pooling"))
+    return heads
 

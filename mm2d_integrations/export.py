@@ -60,6 +60,7 @@ def export_model(
         raise ValueError(f"precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     out = check_new_folder(out)
     encoder = Matryoshka2DEncoder(model_name_or_path, EncoderOptions.of(options, **{"device": "cpu", **overrides}))
+    _check_one_head(encoder)
     affines = _post_pooling_affines(encoder) if format == "sentence-transformers" else []
     with staged_folder(out, "mm2d-export") as staging:
         loaded = encoder.loaded_model
@@ -77,6 +78,18 @@ def export_model(
         }
         _write_json(staging / EXPORT_FILE, description)
     return out
+
+
+def _check_one_head(encoder: Matryoshka2DEncoder) -> None:
+    """One exported pipeline embeds queries and documents alike, so a depth whose queries have an exit
+    head of their own (`mm2d adapt --sides per-side`) cannot be written as one."""
+    if encoder.num_layers in encoder.loaded_model.exit_heads.query_heads:
+        raise ValueError(
+            f"model {encoder.model_name!r} has separate query and document exit heads at num_layers={encoder.num_layers}, "
+            "which one exported pipeline (sentence-transformers or onnx) cannot tell apart: it would give queries the "
+            "document head. Use the folder itself with this package's encoder, export another depth, or adapt the model "
+            "with sides='shared'"
+        )
 
 
 def affine_of_head(head: ExitHead) -> tuple[torch.Tensor, torch.Tensor]:

@@ -194,6 +194,11 @@ def create_app(
 
     `model_name` (default: the encoder's) is what requests must name as `model`.
     """
+    if encoder.loaded_model.exit_heads.query_heads:  # a request says nothing of its side: queries would get document heads
+        raise ValueError(
+            f"model {encoder.model_name!r} has separate query and document exit heads (mm2d adapt sides='per-side'), which "
+            "the embeddings API cannot tell apart; serve a model adapted with sides='shared'"
+        )
     limits = limits or ServerLimits()
     served = model_name or encoder.model_name
     metrics = _Metrics()

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 from scipy.special import erf
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.adapt import adapt, read_corpus
+from mm2d_integrations.adapt import Rows, Training, adapt, agreement, cut_pseudo_queries, fit_head, read_corpus
 from mm2d_integrations.cli import main
 from mm2d_integrations.evaluation.datasets import StsPairs
-from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE
+from mm2d_integrations.exit_heads import FORMAT, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
 from tests.conftest import GRADED_PAIRS, distinct_sentences
 from tests.tiny_models import build_tiny_model
 
@@ -31,7 +32,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Pa
 @pytest.fixture(scope="module", params=["ridge", "lowrank", "mlp"])
 def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
     out = tmp_path_factory.mktemp("adapted") / request.param
-    report = adapt(tiny_base, sentences[:80], out, method=request.param, epochs=2)
+    report = adapt(tiny_base, sentences[:80], out, method=request.param, loss="cosine", epochs=2)
     assert {result.kind for result in report.depths.values()} == {request.param} and sorted(report.depths) == [1, 2, 3]
     return out
 
@@ -118,10 +119,13 @@ def test_cli_end_to_end(tiny_base: Path, sentences: list[str], tmp_path: Path, c
     corpus = tmp_path / "sentences.txt"
     corpus.write_text("\n".join(sentences[:60]) + "\n\n", encoding="utf-8")
     out = tmp_path / "adapted"
-    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(out), "--layers", "1", "3", "--method", "ridge"]) == 0
+    options = ["--method", "lowrank", "--epochs", "1", "--loss", "listwise", "--sides", "per-side", "--pseudo-queries", "1", "--temperature", "0.2", "--top-k", "4"]
+    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(out), "--layers", "1", "3", *options]) == 0
     printed = capsys.readouterr().out
-    assert "adapted" in printed and "on 60 texts (6 held out)" in printed and "plain cut  with head" in printed
-    assert sorted(json.loads((out / HEADS_CONFIG).read_text())["heads"]) == ["1", "3"]
+    assert re.search(r"on 60 texts and \d+ pseudo-queries \(6 texts held out\)", printed) and "lowrank+listwise / lowrank+listwise" in printed
+    config = json.loads((out / HEADS_CONFIG).read_text())
+    assert sorted(config["heads"]) == sorted(config["query_heads"]) == ["1", "3"]
+    assert (config["loss"], config["sides"], config["temperature"], config["top_k"]) == ("listwise", "per-side", 0.2, 4)
     assert main(["eval", "sts", str(GRADED_PAIRS), "--model", str(out), "--dims", "32"]) == 0
     assert "sts cosine Spearman x100" in capsys.readouterr().out
 
@@ -143,6 +147,10 @@ def test_a_folder_of_documents_and_a_jsonl_are_corpora(tmp_path: Path) -> None:
         ("good.txt", ["--layers", "4"], r"layers must be an int in \[1, 3\], got 4"),
         ("good.txt", ["--layers", "0"], r"layers must be an int in \[1, 3\], got 0"),
         ("good.txt", ["--out-exists"], "exists and is not an empty folder"),
+        ("good.txt", ["--temperature", "0"], r"temperature must be a number in \[0.0001, 10\], got 0.0"),
+        ("good.txt", ["--top-k", "0"], r"top_k must be an int in \[1, 65536\], got 0"),
+        ("good.txt", ["--pseudo-queries", "-1"], r"pseudo_queries must be an int in \[0, 100\], got -1"),
+        ("good.txt", ["--sides", "per-side", "--pseudo-queries", "0"], "sides='per-side' needs text on the query side"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(
@@ -159,9 +167,11 @@ def test_bad_input_exits_2_naming_the_problem(
     arguments = ["adapt", "--model", str(tiny_base), "--corpus", str(tmp_path / corpus), "--out", str(out), *options]
     assert main(arguments) == 2
     assert re.search("mm2d: error: .*" + message, capsys.readouterr().err)
+    given = {option.removeprefix("--").replace("-", "_"): value for option, value in zip(options[::2], options[1::2])}
+    typed = {name: value if name == "sides" else float(value) if name == "temperature" else int(value) for name, value in given.items()}
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         texts = read_corpus(tmp_path / corpus)
-        adapt(tiny_base, texts, out, layers=[int(options[1])] if options else None, method="ridge")
+        adapt(tiny_base, texts, out, **{"method": "ridge", **typed, **({"layers": [typed["layers"]]} if "layers" in typed else {})})
 
 
 def test_heads_refuse_another_pooling_and_a_second_adaptation(adapted: Path, sentences: list[str], tmp_path: Path) -> None:
@@ -205,3 +215,130 @@ def test_same_depth_and_cross_depth_retrieval_from_one_pass(adapted: Path, grade
     expected = 100 * np.mean([ndcg_at_k(ranking, dataset.qrels[query_id], 10) for ranking, query_id in zip(ranked, dataset.query_ids)])
     assert scores.cross_depth[2]["nDCG@10"] == pytest.approx(expected, abs=1e-6)
     assert scores.cross_depth[2] != scores.same_depth[2]
+
+
+def test_pseudo_queries_are_sentences_of_a_text_or_spans_of_one_sentence() -> None:
+    texts = [
+        "The boiler needs a yearly service. Book it with an approved engineer! Short one.",
+        "a single sentence of exactly ten words about heat pumps here",
+        "too short",
+    ]
+    queries, sources = cut_pseudo_queries(texts, 2, seed=0)
+    assert sorted(zip(sources, queries))[:2] == [(0, "Book it with an approved engineer!"), (0, "The boiler needs a yearly service.")]
+    spans = [query for query, source in zip(queries, sources) if source == 1]
+    assert spans and all(len(span.split()) == 5 and span in texts[1] for span in spans)
+    assert 2 not in sources
+    assert cut_pseudo_queries(texts, 0, seed=0) == ([], [])
+    long_sentence = " ".join(f"w{index}" for index in range(100)) + ". " + " ".join(f"v{index}" for index in range(50))
+    assert all(len(query.split()) == 32 for query in cut_pseudo_queries([long_sentence], 2, seed=0)[0])
+
+
+def _head_tensors(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(folder / HEADS_FILE)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"loss": "similarity"}, {"loss": "listwise"}, {"pseudo_queries": 0}, {"loss": "similarity", "temperature": 0.5}, {"loss": "listwise", "top_k": 2}],
+    ids=["similarity", "listwise", "no-pseudo-queries", "temperature", "top-k"],
+)
+def test_each_loss_and_option_changes_the_heads(options: dict, tiny_base: Path, sentences: list[str], tmp_path: Path) -> None:
+    """Each against the same adaptation with that one option at its reference value."""
+    reference = {"loss": "listwise" if "top_k" in options else "similarity" if "temperature" in options else "cosine", "pseudo_queries": 2}
+    common = {"layers": [2], "method": "mlp", "epochs": 2, "mlp_hidden": 16}
+    adapt(tiny_base, sentences[:60], tmp_path / "reference", **common, **reference)
+    adapt(tiny_base, sentences[:60], tmp_path / "changed", **common, **{**reference, **options})
+    before, after = _head_tensors(tmp_path / "reference"), _head_tensors(tmp_path / "changed")
+    assert before.keys() == after.keys()
+    assert any(not np.allclose(before[name], after[name], atol=1e-6) for name in before)
+    recorded = json.loads((tmp_path / "changed" / HEADS_CONFIG).read_text())
+    assert all(recorded[name] == value for name, value in options.items())
+    assert (recorded["pseudo_query_count"] == 0) == (options.get("pseudo_queries") == 0)
+
+
+def _synthetic_rows(seed: int = 0, documents: int = 120, width: int = 12) -> Rows:
+    """Documents, two queries each, and a non-linear teacher; the first 20 documents held out."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(width, width, generator=generator)
+    pooled = torch.randn(documents, width, generator=generator)
+    queries = pooled.repeat(2, 1) + 0.5 * torch.randn(2 * documents, width, generator=generator)
+    teacher = lambda vectors: torch.nn.functional.normalize(torch.tanh(vectors @ mixing), dim=1)  # noqa: E731
+    held = torch.zeros(documents, dtype=torch.bool)
+    held[:20] = True
+    return Rows(pooled, teacher(pooled), queries, teacher(queries), torch.arange(documents).repeat(2), held)
+
+
+def test_agreement_is_measured_on_the_held_out_queries_only() -> None:
+    rows = _synthetic_rows()
+    head = torch.nn.Linear(12, 12)
+    fitting_queries = ~rows.held[rows.query_sources]
+    noisy = rows.queries.clone()
+    noisy[fitting_queries] = torch.randn(int(fitting_queries.sum()), 12)
+    changed_fitting = Rows(rows.documents, rows.document_targets, noisy, rows.query_targets, rows.query_sources, rows.held)
+    assert agreement(changed_fitting, head, head) == agreement(rows, head, head)
+    noisy = rows.queries.clone()
+    noisy[~fitting_queries] = torch.randn(int((~fitting_queries).sum()), 12)
+    changed_held = Rows(rows.documents, rows.document_targets, noisy, rows.query_targets, rows.query_sources, rows.held)
+    assert agreement(changed_held, head, head) != agreement(rows, head, head)
+    perfect = agreement(Rows(rows.document_targets, rows.document_targets, rows.query_targets, rows.query_targets, rows.query_sources, rows.held),
+                        torch.nn.Identity(), torch.nn.Identity())
+    assert perfect == 1.0
+
+
+def test_the_head_kept_is_the_one_that_agrees_best_on_held_out_text() -> None:
+    rows = _synthetic_rows()
+    training = Training("auto", ("cosine", "similarity"), mlp_hidden=16, epochs=2, seed=0, temperature=0.05, top_k=4)
+    head, query_head, result = fit_head(rows, training)
+    assert query_head is None and set(result.agreements) == {"ridge", "lowrank", "mlp", "mlp+similarity"}
+    assert result.kind == max(result.agreements, key=lambda name: (result.agreements[name], result.tried[name]))
+    assert result.agreement == agreement(rows, head, head) > result.raw_agreement
+    # moving which documents are held out changes what is measured, and so the numbers the choice rests on
+    moved = Rows(rows.documents, rows.document_targets, rows.queries, rows.query_targets, rows.query_sources, rows.held.roll(50))
+    assert fit_head(moved, training)[2].agreements != result.agreements
+
+
+@pytest.fixture(scope="module")
+def per_side(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
+    out = tmp_path_factory.mktemp("per-side") / "adapted"
+    report = adapt(tiny_base, sentences[:80], out, layers=[2], method="ridge", sides="per-side")
+    assert report.depths[2].query_kind == "ridge" and report.depths[2].chosen == "ridge / ridge"
+    return out
+
+
+def test_per_side_heads_route_queries_and_documents(per_side: Path, tiny_base: Path) -> None:
+    config = json.loads((per_side / HEADS_CONFIG).read_text())
+    assert config["format"] == FORMAT_PER_SIDE and list(config["query_heads"]) == ["2"]
+    tensors = load_file(per_side / HEADS_FILE)
+    raw = Matryoshka2DEncoder(tiny_base, num_layers=2).pooled_layerwise(TEXTS, [2])[2]
+    document_head = _hand_head(per_side, 2, raw)
+    query_tensors = {name.removeprefix("q2."): value for name, value in tensors.items() if name.startswith("q2.")}
+    query_head = (raw - query_tensors["mean"]) / query_tensors["scale"] @ query_tensors["linear.weight"].T + query_tensors["linear.bias"]
+    assert not np.allclose(_normalised(document_head), _normalised(query_head), atol=1e-3)
+    encoder = Matryoshka2DEncoder(per_side, num_layers=2)
+    np.testing.assert_allclose(encoder.encode_documents(TEXTS), _normalised(document_head), atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_queries(TEXTS), _normalised(query_head), atol=1e-5)
+    shallow_queries = Matryoshka2DEncoder(per_side, query_num_layers=2)  # documents at full depth, queries through the query head
+    np.testing.assert_allclose(shallow_queries.encode_queries(TEXTS), _normalised(query_head), atol=1e-5)
+    np.testing.assert_array_equal(shallow_queries.encode_documents(TEXTS), Matryoshka2DEncoder(tiny_base).encode_documents(TEXTS))
+    layerwise = encoder.encode_layerwise(TEXTS, [2], side="query")[2]
+    np.testing.assert_allclose(layerwise, _normalised(query_head), atol=1e-5)
+    with pytest.raises(ValueError, match="side must be one of document, query, got 'answer'"):
+        encoder.encode(TEXTS, side="answer")
+
+
+def test_per_side_heads_refuse_an_export_and_a_server(per_side: Path, tmp_path: Path) -> None:
+    from mm2d_integrations.export import export_model
+
+    for format in ("sentence-transformers", "onnx"):
+        with pytest.raises(ValueError, match="separate query and document exit heads at num_layers=2.*sides='shared'"):
+            export_model(per_side, tmp_path / format, num_layers=2, format=format)
+        assert not (tmp_path / format).exists()
+    assert (export_model(per_side, tmp_path / "full") / "modules.json").is_file()  # full depth has no head at all
+    from mm2d_integrations.serve import create_app
+
+    with pytest.raises(ValueError, match="separate query and document exit heads .*cannot tell apart"):
+        create_app(Matryoshka2DEncoder(per_side))
+
+
+def test_shared_heads_keep_format_1(adapted: Path) -> None:
+    assert json.loads((adapted / HEADS_CONFIG).read_text())["format"] == FORMAT

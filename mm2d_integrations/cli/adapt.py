@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mm2d_integrations.adapt import EPOCHS, MAX_TEXTS, METHODS, AdaptReport, adapt, read_corpus
+from mm2d_integrations.adapt import (
+    EPOCHS,
+    HEAD_SIDES,
+    LOSSES,
+    MAX_TEXTS,
+    METHODS,
+    PSEUDO_QUERIES,
+    TEMPERATURE,
+    TOP_K,
+    AdaptReport,
+    adapt,
+    read_corpus,
+)
 from mm2d_integrations.cli.options import add_encoder_options, progress
 from mm2d_integrations.settings import default_model
 
@@ -21,6 +33,18 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="new folder for the adapted model (base files copied unchanged, plus the heads)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths that get a head (default: every depth below full)")
     parser.add_argument("--method", choices=METHODS, default="auto", help="head kind; auto keeps the best on held-out text (default)")
+    parser.add_argument(
+        "--loss", choices=LOSSES, default="auto",
+        help="what trained heads learn: cosine to the teacher, plus its in-batch similarities or its listwise top-k ranking; "
+        "auto tries cosine and similarity (default)",
+    )
+    parser.add_argument("--sides", choices=HEAD_SIDES, default="shared", help="one head per depth (default), a query head and a document head, or auto")
+    parser.add_argument(
+        "--pseudo-queries", type=int, default=PSEUDO_QUERIES,
+        help=f"queries cut from each text (a sentence or a span), ranked by the teacher (default {PSEUDO_QUERIES}; 0: none)",
+    )
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"of the ranking losses' softmax (default {TEMPERATURE})")
+    parser.add_argument("--top-k", type=int, default=TOP_K, help=f"teacher's nearest documents per query in the listwise loss (default {TOP_K})")
     parser.add_argument("--max-texts", type=int, default=MAX_TEXTS, help=f"sample at most this many texts (default {MAX_TEXTS})")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs of the lowrank and mlp heads (default {EPOCHS})")
     parser.add_argument("--mlp-hidden", type=int, default=None, help="hidden width of the mlp head (default 4 x the model's width)")
@@ -32,7 +56,8 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     texts = read_corpus(args.corpus)  # before loading the model, so that a bad corpus fails at once
     report = adapt(
-        args.model or default_model(), texts, args.out, layers=args.layers, method=args.method,
+        args.model or default_model(), texts, args.out, layers=args.layers, method=args.method, loss=args.loss, sides=args.sides,
+        pseudo_queries=args.pseudo_queries, temperature=args.temperature, top_k=args.top_k,
         max_texts=args.max_texts, epochs=args.epochs, mlp_hidden=args.mlp_hidden, seed=args.seed,
         batch_size=args.batch_size or 32, device=args.device, show_progress=progress(args),
     )
@@ -41,15 +66,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def format_adapt_report(report: AdaptReport) -> str:
-    """Per depth: the head kept, and the held-out cosine to full depth of the plain cut and of each head tried."""
+    """Per depth: the head kept, and on held-out texts the agreement with the teacher's top 10 (the
+    choice) and the cosine to full depth, of the plain cut and of each head tried."""
     lines = [
-        f"adapted {report.model} on {report.texts} texts ({report.held_out} held out) in {report.seconds:.1f} s "
-        f"(encoding {report.encode_seconds:.1f} s)",
-        "mean cosine to the full-depth embedding on held-out texts",
-        "layers  head      plain cut  with head  tried",
+        f"adapted {report.model} on {report.texts} texts and {report.pseudo_queries} pseudo-queries ({report.held_out} texts held out) "
+        f"in {report.seconds:.1f} s (encoding {report.encode_seconds:.1f} s)",
+        "on held-out texts: agreement with the teacher's top 10 documents (kept: the best), and mean cosine to full depth",
+        "layers  head (query / document)  plain cut agree / cosine  with head agree / cosine  tried: agree / cosine",
     ]
     for depth, result in sorted(report.depths.items()):
-        tried = ", ".join(f"{kind} {cosine:.3f}" for kind, cosine in result.tried.items())
-        lines.append(f"{depth:>6}  {result.kind:<8}  {result.raw_cosine:>9.3f}  {result.cosine:>9.3f}  {tried}")
+        tried = ", ".join(f"{name} {result.agreements[name]:.3f} / {cosine:.3f}" for name, cosine in result.tried.items())
+        lines.append(
+            f"{depth:>6}  {result.chosen:<23}  {result.raw_agreement:>11.3f} / {result.raw_cosine:.3f}  "
+            f"{result.agreement:>11.3f} / {result.cosine:.3f}  {tried}"
+        )
     lines.append(f"wrote {report.out}: use it as any model folder, e.g. mm2d eval sts FILE --model {report.out}")
     return "\n".join(lines)

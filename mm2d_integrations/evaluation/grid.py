@@ -147,7 +147,7 @@ def evaluate_retrieval(
         documents = encoder.encode_layerwise(
             dataset.documents, {*depths, full} if cross_depth else depths, prompt=encoder.document_prompt, show_progress=show_progress
         )
-        queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, show_progress=show_progress)
+        queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, side="query", show_progress=show_progress)
     position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
     own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
     scores = _retrieval_cells(queries, documents, dataset, own, depths, widths)
