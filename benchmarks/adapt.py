@@ -174,7 +174,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths adapted (default: every depth below full)")
     parser.add_argument("--max-texts", type=int, default=MAX_TEXTS, help=f"texts sampled for each adaptation (default {MAX_TEXTS})")
-    parser.add_argument("--loss", choices=LOSSES, default="auto")
+    parser.add_argument("--loss", choices=LOSSES, default="cosine")
     parser.add_argument("--sides", choices=HEAD_SIDES, default="shared")
     parser.add_argument("--pseudo-queries", type=int, default=PSEUDO_QUERIES)
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True, help="also adapt with today's pointwise heads")

@@ -12,6 +12,7 @@ from mm2d_integrations.adapt import (
     MAX_TEXTS,
     METHODS,
     PSEUDO_QUERIES,
+    RETRIEVAL_PSEUDO_QUERIES,
     TEMPERATURE,
     TOP_K,
     AdaptReport,
@@ -34,14 +35,15 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths that get a head (default: every depth below full)")
     parser.add_argument("--method", choices=METHODS, default="auto", help="head kind; auto keeps the best on held-out text (default)")
     parser.add_argument(
-        "--loss", choices=LOSSES, default="auto",
-        help="what trained heads learn: cosine to the teacher, plus its in-batch similarities or its listwise top-k ranking; "
-        "auto tries cosine and similarity (default)",
+        "--loss", choices=LOSSES, default="cosine",
+        help="what trained heads learn: cosine to the teacher (default), plus its in-batch similarities or its listwise top-k "
+        "ranking; auto tries cosine and similarity (for retrieval, with --pseudo-queries 2: better rankings, several times the time)",
     )
     parser.add_argument("--sides", choices=HEAD_SIDES, default="shared", help="one head per depth (default), a query head and a document head, or auto")
     parser.add_argument(
         "--pseudo-queries", type=int, default=PSEUDO_QUERIES,
-        help=f"queries cut from each text (a sentence or a span), ranked by the teacher (default {PSEUDO_QUERIES}; 0: none)",
+        help=f"queries cut from each text (a sentence or a span), ranked by the teacher (default {PSEUDO_QUERIES}: none; "
+        f"{RETRIEVAL_PSEUDO_QUERIES} for retrieval)",
     )
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"of the ranking losses' softmax (default {TEMPERATURE})")
     parser.add_argument("--top-k", type=int, default=TOP_K, help=f"teacher's nearest documents per query in the listwise loss (default {TOP_K})")
