@@ -179,9 +179,9 @@ def test_reindexing_completes_a_run_killed_between_the_two_collections(
     monkeypatch.setattr(encoder, "encode_documents", lambda texts, **kw: embedded.extend(texts) or original(texts, **kw))
 
     report = index_folder(folder, index)
-    assert sorted(embedded) == sorted(chunks[key].text for key in unwritten)  # once each, for both collections
+    assert embedded == []  # their prefixes come from the full collection's vectors: nothing is embedded again
     assert stored_ids(index.full) == stored_ids(index.short) == set(chunks)
-    assert (report.added, report.removed, report.unchanged) == (3, 2, len(chunks) - 3)
+    assert (report.added, report.removed, report.unchanged) == (0, 2, len(chunks))
     ids = sorted(chunks)
     np.testing.assert_allclose(_vectors(index.short, ids), truncate_dimensions(_vectors(index.full, ids), SHORT), atol=1e-6)
 
@@ -275,10 +275,12 @@ def test_a_run_killed_between_the_rows_write_and_their_mapping_is_completed(
     with pytest.raises(KeyboardInterrupt):
         index_folder(folder, index)
     monkeypatch.undo()
-    assert index.rows is not None and not index.rows.ids() and stored_ids(index.full)  # the full collection got the first batch
+    first = stored_ids(index.full)
+    assert index.rows is not None and not index.rows.ids() and first  # the full collection got the first batch
     report = index_folder(folder, index)
     ids = stored_ids(index.full)
-    assert report.added == report.chunks == len(ids) and index.rows.ids() == ids == stored_ids(index.short)
+    # the first batch is restored from the full collection's vectors, not embedded again
+    assert (report.added, report.unchanged) == (report.chunks - len(first), len(first)) and index.rows.ids() == ids == stored_ids(index.short)
     ordered = sorted(ids)
     np.testing.assert_allclose(index.rows.get(ordered)[1], _vectors(index.full, ordered), atol=1e-3)
     # a new process (a new VectorRows on the folder) finds the same rows
@@ -287,15 +289,24 @@ def test_a_run_killed_between_the_rows_write_and_their_mapping_is_completed(
     assert [hit.id for hit in again.search("warranty claim", k=3)] == [hit.id for hit in _reading_from_chroma(again).search("warranty claim", k=3)]
 
 
-def test_rows_missing_for_some_ids_are_read_from_chroma_and_the_next_run_writes_them(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
+def test_rows_missing_for_some_ids_are_read_from_chroma_and_the_next_run_restores_them_unembedded(
+    tmp_path: Path, encoder: Matryoshka2DEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, index = _support_index(tmp_path, encoder)
     index_folder(folder, index)
     assert index.rows is not None
     index.rows.delete(sorted(index.rows.ids()))  # as an index made before the rows were kept
     hits = index.search("How long is the warranty?", k=3)
     assert [hit.id for hit in hits] == [hit.id for hit in _reading_from_chroma(index).search("How long is the warranty?", k=3)]
+
+    def no_embedding(texts: Any) -> None:
+        raise AssertionError("a chunk the full collection holds was embedded again")
+
+    monkeypatch.setattr(index.encoder, "encode_documents", no_embedding)
     report = index_folder(folder, index)
-    assert report.added == report.chunks and index.rows.ids() == stored_ids(index.full)
+    ids = sorted(stored_ids(index.full))
+    assert (report.added, report.unchanged) == (0, report.chunks) and index.rows.ids() == set(ids)
+    np.testing.assert_allclose(index.rows.get(ids)[1], _vectors(index.full, ids), atol=1e-3)
 
 
 def test_deleted_chunks_leave_the_rows_and_a_collection_made_again_starts_them_afresh(tmp_path: Path, encoder: Matryoshka2DEncoder) -> None:
