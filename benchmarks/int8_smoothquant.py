@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from performance import best_of, mixed_corpus, model_path  # noqa: E402
+from performance import best_of, mixed_corpus, model_path, print_throughput  # noqa: E402
 
 from mm2d_integrations import Matryoshka2DEncoder, int8  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
@@ -72,10 +72,7 @@ def main() -> None:
          **{name: (lambda encoder=encoder: encoder.encode_documents(texts)) for name, encoder in encoders.items()}},
         args.repeats,
     )
-    baseline = timings["sentence-transformers float32"][0]
-    print(f"\nthroughput, {len(texts)} mixed texts (best of {args.repeats}):")
-    for name, (wall, cpu) in timings.items():
-        print(f"  {name:34s} {len(texts) / wall:7.0f} texts/s  {baseline / wall:5.2f}x  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
+    print_throughput(timings, len(texts), args.repeats)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ def best_of(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[s
     return best
 
 
+def print_throughput(timings: dict[str, tuple[float, float]], texts: int, repeats: int, baseline: str = "sentence-transformers float32") -> None:
+    """One line per contender: texts/s, the ratio to `baseline`'s, wall and CPU seconds."""
+    reference = timings[baseline][0]
+    print(f"\nthroughput, {texts} texts (best of {repeats}):")
+    for name, (wall, cpu) in timings.items():
+        print(f"  {name:34s} {texts / wall:7.0f} texts/s  {reference / wall:5.2f}x  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
+
+
 _LOAD_SCRIPT = """
 import json, sys, time
 started = time.perf_counter()
@@ -229,10 +237,7 @@ def main() -> None:
         },
         args.repeats,
     )
-    baseline = timings["sentence-transformers float32"][0]
-    print(f"\nthroughput (best of {args.repeats}):")
-    for name, (wall, cpu) in timings.items():
-        print(f"  {name:34s} {len(texts) / wall:7.0f} texts/s  {baseline / wall:5.2f}x  (wall {wall:.2f} s, CPU {cpu:.2f} s)")
+    print_throughput(timings, len(texts), args.repeats)
     print(f"  half depth against full depth: {timings['ours float32'][0] / timings['ours float32, 3 of 6 layers'][0]:.2f}x")
 
     if args.throughput_only:
