@@ -407,16 +407,17 @@ class FunnelIndex:
         """The ids each part holds: the full collection, the rows (when kept), the shortlist collection."""
         return [stored_ids(self.full), *([self.rows.ids()] if self.rows is not None else []), stored_ids(self.short)]
 
-    def restore_from_full(self, wanted: Collection[str] | None = None) -> int:
+    def restore_from_full(self, held: list[set[str]], wanted: Collection[str] | None = None) -> set[str]:
         """Give the rows and the shortlist the chunks (those `wanted`, default all) that the full collection
         holds and they lack (an index made before the rows were kept, a run stopped between parts), from
-        the full collection's own vectors, so that nothing is embedded again. Returns how many."""
-        full, *parts = self.held_ids()
+        the full collection's own vectors, so that nothing is embedded again. `held`: `held_ids()`, read
+        once by the caller. Returns the ids restored."""
+        full, *parts = held
         lacking = sorted((full - set.intersection(*parts)) & (full if wanted is None else set(wanted)))
         for start in range(0, len(lacking), 1000):
-            held = self.full.get(ids=lacking[start : start + 1000], include=["embeddings", "documents", "metadatas"])
-            self.upsert(held["ids"], held["documents"], held["metadatas"], np.asarray(held["embeddings"], dtype=np.float32))
-        return len(lacking)
+            stored = self.full.get(ids=lacking[start : start + 1000], include=["embeddings", "documents", "metadatas"])
+            self.upsert(stored["ids"], stored["documents"], stored["metadatas"], np.asarray(stored["embeddings"], dtype=np.float32))
+        return set(lacking)
 
     def check_complete(self) -> None:
         """A ValueError when the short collection does not hold a prefix of every full vector."""

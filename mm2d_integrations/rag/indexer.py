@@ -19,7 +19,7 @@ from mm2d_integrations.store import StoreUnavailable
 
 __all__ = [
     "BATCH", "WRITE_BACKOFF_S", "WRITE_TRIES", "DocumentsInput", "IndexReport", "exactly_by_default", "held_ids", "index_folder",
-    "read_input", "remove_stale", "restore_parts", "source_of", "stored_ids", "write_chunks",
+    "read_input", "remove_stale", "source_of", "stored_ids", "write_chunks",
 ]
 
 # A folder, a folder already read, or documents: ours, LangChain's or LlamaIndex's.
@@ -50,18 +50,18 @@ class IndexReport:
         return text + "".join(f"\nskipped {path}: {why}" for path, why in self.skipped)
 
 
-def held_ids(collection: Any) -> tuple[set[str], set[str]]:
+def held_ids(collection: Any, wanted: Collection[str] | None = None) -> tuple[set[str], set[str]]:
     """(ids every part holds, ids any holds): a run killed between the writes of a `FunnelIndex`'s
-    parts leaves ids in some only, to be written again or deleted."""
-    held = collection.held_ids() if isinstance(collection, FunnelIndex) else [stored_ids(collection)]
+    parts leaves ids in some only. Those the full collection holds (of `wanted`, default all) are first
+    restored to the other parts from its stored vectors (`FunnelIndex.restore_from_full`); the rest are
+    to be written again or deleted."""
+    if not isinstance(collection, FunnelIndex):
+        ids = stored_ids(collection)
+        return ids, ids
+    held = collection.held_ids()
+    restored = _retried(lambda: collection.restore_from_full(held, wanted), "restoring the funnel's parts")
+    held = [part | restored for part in held]
     return set.intersection(*held), set.union(*held)
-
-
-def restore_parts(collection: Any, wanted: Collection[str] | None = None) -> None:
-    """A `FunnelIndex`'s parts that lack chunks its full collection holds get them from there, unembedded
-    (`FunnelIndex.restore_from_full`); a plain collection has nothing to restore."""
-    if isinstance(collection, FunnelIndex):
-        _retried(lambda: collection.restore_from_full(wanted), "restoring the funnel's parts")
 
 
 def _retried(write: Callable[[], T], what: str) -> T:
@@ -152,8 +152,7 @@ def index_folder(
     exactly = exactly_by_default(documents) if exactly is None else exactly
     chunks = split_documents(loaded.documents, chunking)
     wanted = {chunk.id for chunk in chunks}
-    restore_parts(collection, wanted)
-    complete, existing = held_ids(collection)
+    complete, existing = held_ids(collection, wanted)
     sources = {document.source for document in loaded.documents}
     missing = [chunk for chunk in chunks if chunk.id not in complete]
     with tqdm(total=len(missing), desc="indexing", unit="chunk", disable=not show_progress) as progress:

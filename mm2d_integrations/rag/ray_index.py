@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mm2d_integrations.documents import Chunking, SourceDocument, list_folder, read_document, split_documents, warn_skipped
 from mm2d_integrations.encoder import EncoderRecipe
-from mm2d_integrations.rag.indexer import BATCH, IndexReport, held_ids, remove_stale, restore_parts, write_chunks
+from mm2d_integrations.rag.indexer import BATCH, IndexReport, held_ids, remove_stale, write_chunks
 from mm2d_integrations.rag.pipeline import Store, writing
 from mm2d_integrations.ray import LOCAL, EmbedBatches, actor_map, connected
 
@@ -134,8 +134,7 @@ def index_on_ray(
         to_read = [relative for relative, reason in listed if reason is None]
         unread: dict[str, str] = {}
         with writing(store) as (encoder, target):
-            restore_parts(target)  # stale ones among them go at the end, as from every part
-            complete, existing = held_ids(target)
+            complete, existing = held_ids(target)  # stale restored ones go at the end, as from every part
             files = ray.data.from_items([{"path": relative} for relative in to_read])
             arguments = {"recipe": encoder.recipe, "root": root, "held": digests(complete), "chunking": chunking}
             chunks = actor_map(files, IndexFiles, arguments, actors=actors, batch_size=FILES_PER_CALL, num_cpus=1, num_gpus=num_gpus)
