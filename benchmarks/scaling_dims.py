@@ -370,23 +370,36 @@ def plot(results: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [int(size) for size in results["sizes"]]
-    rows = list(results["sizes"].values())
+    rows = {int(size): row for size, row in results["sizes"].items()}
+    last = rows[max(rows)]
+
+    def series(*keys: str) -> tuple[list[int], list[float]]:
+        """The sizes that measured `row[keys[0]][keys[1]]...` and the values (an older run may lack a contender)."""
+        points = []
+        for size, row in rows.items():
+            value: Any = row
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                points.append((size, value))
+        return [size for size, _ in points], [value for _, value in points]
+
     figure, (latency, memory) = plt.subplots(1, 2, figsize=(13, 5))
-    names = [name for name in rows[-1]["latency"]["ms"] if "read from" not in name]
-    for name in names:
-        style = "-o" if name.startswith("chroma") else "--s" if name.startswith("funnel") else ":^"
-        latency.plot(sizes, [row["latency"]["ms"][name] for row in rows], style, label=name)
-    if "server_latency" in rows[-1]:
-        for name in rows[-1]["server_latency"]["ms"]:
-            if name.startswith("chroma"):
-                latency.plot(sizes, [row["server_latency"]["ms"][name] for row in rows], "-.x", label=f"server {name}")
+    for name in last["latency"]["ms"]:
+        if "read from" not in name:
+            style = "-o" if name.startswith("chroma") else "--s" if name.startswith("funnel") else ":^"
+            latency.plot(*series("latency", "ms", name), style, label=name)
+    for name in last.get("server_latency", {}).get("ms", {}):
+        if name.startswith("chroma"):
+            latency.plot(*series("server_latency", "ms", name), "-.x", label=f"server {name}")
     latency.set(xscale="log", yscale="log", xlabel="vectors", ylabel="median ms per query", title="single-query latency")
     latency.legend(fontsize=7)
-    for what in rows[-1]["memory"]:
-        memory.plot(sizes, [row["memory"][what]["rss_added"] / 1e6 for row in rows], "-o", label=f"{what}: resident added")
-    for part in rows[-1]["build"]:
-        memory.plot(sizes, [row["build"][part]["bytes"] / 1e6 for row in rows], ":", label=f"disk {part}")
+    for what in last["memory"]:
+        sizes, used = series("memory", what, "rss_added")
+        memory.plot(sizes, [value / 1e6 for value in used], "-o", label=f"{what}: resident added")
+    for part in last["build"]:
+        sizes, used = series("build", part, "bytes")
+        memory.plot(sizes, [value / 1e6 for value in used], ":", label=f"disk {part}")
     memory.set(xscale="log", yscale="log", xlabel="vectors", ylabel="MB", title="memory and disk")
     memory.legend(fontsize=7)
     figure.tight_layout()
