@@ -9,8 +9,11 @@ median), and one activation scale per batch lets one outlier token coarsen every
 - per-output-channel weight scales (7 bits where the kernels lack VNNI, see `weight_levels`), and one
   activation scale per token, computed on the fly;
 - `torch._int_mm` (oneDNN: VNNI, AVX-512 or AVX2 int8 kernels), with the quantise and dequantise
-  steps fused by `torch.compile` where a C++ compiler is at hand (eagerly otherwise, slower).
-Attention, layer norms, activations and pooling stay in float32. A quantised copy of the loaded model
+  steps (and a GELU that follows the product) fused by `torch.compile` where a C++ compiler is at
+  hand (eagerly otherwise, slower);
+- linear layers that read the same input (attention's query, key and value) as one product: the
+  input is smoothed and quantised once, and one wider matrix product runs instead of three.
+Attention, layer norms and pooling stay in float32. A quantised copy of the loaded model
 is made once per process and shared, as the ONNX backend's session is.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections import defaultdict
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +32,7 @@ import torch
 from mm2d_integrations.loading import LoadedModel
 from mm2d_integrations.samples import SAMPLE_DOCS
 
-__all__ = ["SMOOTHING", "Int8Linear", "calibration_texts", "int8_model", "quantize_linears", "weight_levels"]
+__all__ = ["SMOOTHING", "Int8Linear", "Int8Product", "calibration_texts", "int8_model", "quantize_linears", "weight_levels"]
 
 SMOOTHING = 0.5  # SmoothQuant's alpha: how much of the outliers' range moves into the weights
 _lock = threading.Lock()
@@ -43,6 +47,14 @@ def _product(x: torch.Tensor, inv_smooth: torch.Tensor, weight: torch.Tensor, we
     return torch._int_mm(quantized, weight).float() * (scale * weight_scale) + bias
 
 
+def _product_gelu(x: torch.Tensor, inv_smooth: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GELU of `_product`, in the same pass over its output."""
+    return torch.nn.functional.gelu(_product(x, inv_smooth, weight, weight_scale, bias))
+
+
+_STEPS = {"none": _product, "gelu": _product_gelu}
+
+
 def weight_levels() -> int:
     """127, or 63 where the int8 kernels saturate: without VNNI, oneDNN's AVX2 kernels add pairs of
     products in 16 bits (vpmaddubsw), which full-range weights overflow. Probed once, on the worst case."""
@@ -54,38 +66,44 @@ def weight_levels() -> int:
         return _fused["levels"]
 
 
-def _fused_product() -> Callable[..., torch.Tensor]:
-    """`_product` compiled (one pass to quantise, one to dequantise) where that compiles and agrees with
-    the eager steps on a probe; as is otherwise (correct, only slower). The check is not idle: on a CPU
-    running torch's AVX2 kernels, the compiled steps measured wrong (NaN) with torch 2.13."""
+def _fused_product(activation: str = "none") -> Callable[..., torch.Tensor]:
+    """`_product` (and the activation after it) compiled, one pass to quantise and one to dequantise,
+    where that compiles and agrees with the eager steps on a probe; as is otherwise (correct, only
+    slower). The check is not idle: on a CPU running torch's AVX2 kernels, the compiled steps measured
+    wrong (NaN) with torch 2.13."""
     levels = weight_levels()
+    eager = _STEPS[activation]
     with _lock:
-        if "product" not in _fused:
+        if activation not in _fused:
             generator = torch.Generator().manual_seed(0)
             probe = (
                 torch.randn(37, 96, generator=generator), torch.rand(96, generator=generator) + 0.5,
                 torch.randint(-levels, levels + 1, (48, 96), generator=generator, dtype=torch.int8).t(),
                 torch.rand(48, generator=generator) / 100, torch.randn(48, generator=generator),
             )
-            expected = _product(*probe)
+            expected = eager(*probe)
             try:
-                compiled = torch.compile(_product, dynamic=True)
+                compiled = torch.compile(eager, dynamic=True)
                 agrees = bool(torch.allclose(compiled(*probe), expected, rtol=1e-4, atol=1e-4))
                 reason = "its output differed from the eager steps on this CPU"
             except Exception as error:  # no C++ compiler, an unsupported platform
                 agrees, reason = False, f"torch.compile failed: {type(error).__name__}"
             if not agrees:
                 warnings.warn(f"compute_precision='int8' runs unfused, more slowly ({reason})", stacklevel=4)
-            _fused["product"] = compiled if agrees else _product
-        return _fused["product"]
+            _fused[activation] = compiled if agrees else eager
+        return _fused[activation]
 
 
-class Int8Linear(torch.nn.Module):
-    """A float32 `torch.nn.Linear` as a smoothed, per-channel int8 weight with per-token activation scales."""
+class Int8Product(torch.nn.Module):
+    """One or more float32 `torch.nn.Linear`s that read the same input, as one smoothed, per-channel int8
+    weight with per-token activation scales: `forward(x)` gives their outputs side by side.
 
-    def __init__(self, linear: torch.nn.Linear, input_absmax: torch.Tensor) -> None:
+    Smoothing is shared (a column's factor comes from the input's range and the widest of the weights'
+    columns), so the input is smoothed and quantised once."""
+
+    def __init__(self, linears: list[torch.nn.Linear], input_absmax: torch.Tensor, activation: str = "none") -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
+        weight = torch.cat([linear.weight.detach().float() for linear in linears])
         smooth = input_absmax.clamp(min=1e-5) ** SMOOTHING / weight.abs().amax(0).clamp(min=1e-5) ** (1 - SMOOTHING)
         weight = weight * smooth
         scale = weight.abs().amax(1).clamp(min=1e-12) / weight_levels()
@@ -93,24 +111,52 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("weight_scale", scale)
         # [in, out] as the transposed view of a contiguous [out, in]: the layout torch._int_mm runs fastest
         self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8).contiguous().t())
-        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(linear.out_features)
-        self.register_buffer("bias", bias)
-        self.product = _fused_product()
+        biases = [linear.bias.detach().float() if linear.bias is not None else torch.zeros(linear.out_features) for linear in linears]
+        self.register_buffer("bias", torch.cat(biases))
+        self.product = _fused_product(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
         return self.product(rows, self.inv_smooth, self.weight, self.weight_scale, self.bias).reshape(*x.shape[:-1], -1)
 
 
+class Int8Linear(torch.nn.Module):
+    """A float32 `torch.nn.Linear`'s place in a model: its columns `[start, stop)` of an `Int8Product`.
+
+    Linears that share a product are called one after the other on the same input (query, key, value);
+    the first call runs the product for all of them, and the others take their columns of that output
+    (kept per thread until each has taken its columns)."""
+
+    def __init__(self, product: Int8Product, start: int, stop: int) -> None:
+        super().__init__()
+        self.shared, self.start, self.stop = product, start, stop
+        self._siblings: list[Int8Linear] = [self]  # the linears sharing `product`, set by quantize_linears
+        self._outputs = threading.local()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self._siblings) == 1:
+            return self.shared(x)
+        last = self._outputs.__dict__.pop("last", None)  # taken once: a batch's output is not kept past its use
+        if last is None or last[0] is not x:
+            last = (x, self.shared(x))
+            for sibling in self._siblings:
+                if sibling is not self:
+                    sibling._outputs.last = last
+        return last[1][..., self.start : self.stop]
+
+
 def quantize_linears(layers: torch.nn.Module, calibrate: Callable[[], Any]) -> None:
     """Replace every `torch.nn.Linear` under `layers` in place, after `calibrate()` has run the model
-    once to record each one's input absmax per channel."""
+    once to record each one's input absmax per channel and which of them read the same input."""
     linears = {name: module for name, module in layers.named_modules() if isinstance(module, torch.nn.Linear)}
     absmax = {name: torch.zeros(module.in_features) for name, module in linears.items()}
+    inputs_seen: dict[str, list[tuple[int, ...]]] = defaultdict(list)
 
     def recorder(name: str) -> Callable[..., None]:
         def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            absmax[name] = torch.maximum(absmax[name], inputs[0].detach().abs().reshape(-1, module.in_features).amax(0).float())
+            x = inputs[0].detach()
+            inputs_seen[name].append((x.data_ptr(), *x.shape, *x.stride()))
+            absmax[name] = torch.maximum(absmax[name], x.abs().reshape(-1, module.in_features).amax(0).float())
         return record
 
     hooks = [module.register_forward_hook(recorder(name)) for name, module in linears.items()]
@@ -119,9 +165,31 @@ def quantize_linears(layers: torch.nn.Module, calibrate: Callable[[], Any]) -> N
     finally:
         for hook in hooks:
             hook.remove()
-    for name, module in linears.items():
-        parent, _, attribute = name.rpartition(".")
-        setattr(layers.get_submodule(parent) if parent else layers, attribute, Int8Linear(module, absmax[name]))
+    groups: dict[tuple[Any, ...], list[str]] = defaultdict(list)  # siblings that read the same tensor on every call
+    for name in linears:
+        groups[(name.rpartition(".")[0], *inputs_seen[name])].append(name)
+    for names in groups.values():
+        activation = _fusable_activation(layers, names)
+        product = Int8Product([linears[name] for name in names], absmax[names[0]], activation)
+        members, start = [], 0
+        for name in names:
+            members.append(Int8Linear(product, start, start + linears[name].out_features))
+            start = members[-1].stop
+            parent, _, attribute = name.rpartition(".")
+            setattr(layers.get_submodule(parent) if parent else layers, attribute, members[-1])
+        for member in members:
+            member._siblings = members
+        if activation != "none":  # the product applies it now
+            layers.get_submodule(names[0].rpartition(".")[0]).intermediate_act_fn = torch.nn.Identity()
+
+
+def _fusable_activation(layers: torch.nn.Module, names: list[str]) -> str:
+    """"gelu" where one linear `dense` feeds an exact GELU as its module's `intermediate_act_fn` (the
+    feed-forward block of BERT and its kin), so that the product can apply it; "none" otherwise."""
+    parent, _, attribute = names[0].rpartition(".")
+    act = getattr(layers.get_submodule(parent) if parent else layers, "intermediate_act_fn", None)
+    exact_gelu = (isinstance(act, torch.nn.GELU) and act.approximate == "none") or getattr(act, "act", None) is torch.nn.functional.gelu
+    return "gelu" if len(names) == 1 and attribute == "dense" and exact_gelu else "none"
 
 
 def calibration_texts(limit: int = 256) -> list[str]:

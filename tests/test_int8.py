@@ -71,3 +71,45 @@ def test_int8_encodes_from_several_threads_at_once(minilm_path: Path, sentences:
         parallel = list(pool.map(int8.encode_documents, chunks))
     for expected, got in zip(serial, parallel):
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+class _Attention(torch.nn.Module):
+    """Query, key and value read one input; `other` reads another tensor of the same shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key, self.value, self.other = (torch.nn.Linear(64, 32) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.query(x), self.key(x), self.value(x), self.other(x + 1)
+
+
+class _FeedForward(torch.nn.Module):
+    def __init__(self) -> None:
+        from transformers.activations import GELUActivation
+
+        super().__init__()
+        self.dense, self.intermediate_act_fn = torch.nn.Linear(64, 128), GELUActivation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(x))
+
+
+def test_linears_reading_one_input_run_as_one_product_and_a_gelu_runs_in_it() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"attention": _Attention(), "feed_forward": _FeedForward()})
+    original = copy.deepcopy(model)
+    rows, other_rows = torch.randn(16, 64), torch.randn(16, 64)
+    quantize_linears(model, lambda: (model["attention"](rows), model["feed_forward"](rows)))
+    attention = model["attention"]
+    assert attention.query.shared is attention.key.shared is attention.value.shared  # one product of 96 columns
+    assert attention.query.shared.weight.shape == (64, 96) and attention.other.shared is not attention.query.shared
+    assert isinstance(model["feed_forward"].intermediate_act_fn, torch.nn.Identity)  # the product applies the GELU
+    expected = [*original["attention"](rows), original["feed_forward"](rows)]
+    for output, reference in zip([*attention(rows), model["feed_forward"](rows)], expected):
+        assert torch.nn.functional.cosine_similarity(output, reference.detach()).min() > 0.999
+    attention.query(rows)  # leaves key's and value's columns of this input for them
+    fresh = attention.key(other_rows)  # another input: its own product, not the columns left for `rows`
+    assert torch.nn.functional.cosine_similarity(fresh, original["attention"].key(other_rows).detach()).min() > 0.999
