@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from collections import defaultdict
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
