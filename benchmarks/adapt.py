@@ -1,5 +1,5 @@
 """Acceptance of `mm2d adapt`, measured in one run, each adaptation with the options given (default:
-`adapt`'s defaults) and, beside it, with today's pointwise heads (`--baseline`: loss cosine, no
+`adapt`'s defaults) and, beside it, with the pointwise heads of before (`--baseline`: loss cosine, no
 pseudo-queries), on the same sampled texts:
 
 1. adapting on the distinct STS Benchmark train sentences (at most --max-texts of them) takes under
@@ -75,7 +75,7 @@ def _share_line(name: str, scores: dict[int, float], full: float) -> str:
 
 
 def _contenders(options: dict[str, Any], baseline: bool) -> dict[str, dict[str, Any]]:
-    """The adaptations to run: with the options given, and with today's pointwise heads beside them."""
+    """The adaptations to run: with the options given, and with the pointwise heads of before beside them."""
     return {"adapted": options, **({"baseline (pointwise)": {**options, **BASELINE}} if baseline else {})}
 
 
@@ -177,7 +177,7 @@ def main() -> int:
     parser.add_argument("--loss", choices=LOSSES, default="cosine")
     parser.add_argument("--sides", choices=HEAD_SIDES, default="shared")
     parser.add_argument("--pseudo-queries", type=int, default=PSEUDO_QUERIES)
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True, help="also adapt with today's pointwise heads")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True, help="also adapt with the pointwise heads of before (no pseudo-queries)")
     parser.add_argument("--sts", action=argparse.BooleanOptionalAction, default=True, help="the STS parts (1, 2, 4 and the head's cost)")
     args = parser.parse_args()
     model = args.model or default_model()

@@ -12,7 +12,6 @@ from mm2d_integrations.adapt import (
     MAX_TEXTS,
     METHODS,
     PSEUDO_QUERIES,
-    RETRIEVAL_PSEUDO_QUERIES,
     TEMPERATURE,
     TOP_K,
     AdaptReport,
@@ -37,13 +36,12 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--loss", choices=LOSSES, default="cosine",
         help="what trained heads learn: cosine to the teacher (default), plus its in-batch similarities or its listwise top-k "
-        "ranking; auto tries cosine and similarity (for retrieval, with --pseudo-queries 2: better rankings, several times the time)",
+        "ranking; auto tries cosine and similarity (slightly better rankings on some corpora, about 2.5 times the time)",
     )
     parser.add_argument("--sides", choices=HEAD_SIDES, default="shared", help="one head per depth (default), a query head and a document head, or auto")
     parser.add_argument(
         "--pseudo-queries", type=int, default=PSEUDO_QUERIES,
-        help=f"queries cut from each text (a sentence or a span), ranked by the teacher (default {PSEUDO_QUERIES}: none; "
-        f"{RETRIEVAL_PSEUDO_QUERIES} for retrieval)",
+        help=f"queries cut from each text (a sentence or a span), ranked by the teacher (default {PSEUDO_QUERIES}; 0: fit the texts alone, faster)",
     )
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"of the ranking losses' softmax (default {TEMPERATURE})")
     parser.add_argument("--top-k", type=int, default=TOP_K, help=f"teacher's nearest documents per query in the listwise loss (default {TOP_K})")
