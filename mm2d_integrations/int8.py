@@ -166,8 +166,8 @@ def quantize_linears(layers: torch.nn.Module, calibrate: Callable[[], Any]) -> N
         for hook in hooks:
             hook.remove()
     groups: dict[tuple[Any, ...], list[str]] = defaultdict(list)  # siblings that read the same tensor on every call
-    for name in linears:
-        groups[(name.rpartition(".")[0], *inputs_seen[name])].append(name)
+    for name in linears:  # a linear calibration never ran (nothing seen) stays on its own
+        groups[(name.rpartition(".")[0], *inputs_seen[name]) if inputs_seen[name] else (name,)].append(name)
     for names in groups.values():
         activation = _fusable_activation(layers, names)
         product = Int8Product([linears[name] for name in names], absmax[names[0]], activation)

@@ -106,6 +106,9 @@ def test_linears_reading_one_input_run_as_one_product_and_a_gelu_runs_in_it() ->
     attention = model["attention"]
     assert attention.query.shared is attention.key.shared is attention.value.shared  # one product of 96 columns
     assert attention.query.shared.weight.shape == (64, 96) and attention.other.shared is not attention.query.shared
+    unused = torch.nn.ModuleDict({"first": torch.nn.Linear(8, 4), "second": torch.nn.Linear(16, 4)})
+    quantize_linears(unused, lambda: None)  # never run in calibration: nothing says they share an input
+    assert unused["first"].shared is not unused["second"].shared
     assert isinstance(model["feed_forward"].intermediate_act_fn, torch.nn.Identity)  # the product applies the GELU
     expected = [*original["attention"](rows), original["feed_forward"](rows)]
     for output, reference in zip([*attention(rows), model["feed_forward"](rows)], expected):
