@@ -145,8 +145,8 @@ def main() -> None:
     encoder.encode_documents(texts[:64])  # warm up
     batch_rates = {}
     for size in (256, args.clients):  # best of three, in calls of that many texts
-        # 1,024 texts in calls of `size` consecutive ones (wrapping around): every text, and none twice in a call
-        # (a call of copies pads less and runs faster than what the clients send)
+        # 1,024 texts in calls of `size` consecutive ones (wrapping around): every text, none twice in a call,
+        # as the clients send them
         calls = [[texts[(start + offset) % len(texts)] for offset in range(size)] for start in range(0, 1024, size)]
         for _ in range(3):
             began = time.perf_counter()
