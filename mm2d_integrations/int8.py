@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import threading
 import warnings
 from collections import defaultdict
@@ -32,7 +33,10 @@ import torch
 from mm2d_integrations.loading import LoadedModel
 from mm2d_integrations.samples import SAMPLE_DOCS
 
-__all__ = ["SMOOTHING", "Int8Linear", "Int8Product", "calibration_texts", "int8_model", "quantize_linears", "weight_levels"]
+__all__ = [
+    "SMOOTHING", "Int8Linear", "Int8Product", "calibration_texts", "int8_model", "kernel_cache_for_this_cpu", "quantize_linears",
+    "weight_levels",
+]
 
 SMOOTHING = 0.5  # SmoothQuant's alpha: how much of the outliers' range moves into the weights
 _lock = threading.Lock()
@@ -66,6 +70,25 @@ def weight_levels() -> int:
         return _fused["levels"]
 
 
+def kernel_cache_for_this_cpu() -> str:
+    """Point torch.compile's kernel cache at a folder of this CPU capability's own, and return it.
+
+    torch (2.13) keys the kernels it caches on disk (`$TORCHINDUCTOR_CACHE_DIR`, by default
+    `/tmp/torchinductor_$USER`, shared by every process of the user) without the CPU capability they
+    were built for: after a process that ran with `ATEN_CPU_CAPABILITY=avx2` compiled these products,
+    the next default (AVX-512) process loaded its kernels and corrupted the heap (docs/reliability.md
+    has the reproduction). A subfolder per capability (`cpu-avx2`, `cpu-avx512` ...) of whichever folder
+    is in force keeps them apart; it is set process-wide, as torch reads the variable at each compile."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    folder = os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
+    if os.path.basename(folder).startswith("cpu-"):  # set by this function in a parent process
+        folder = os.path.dirname(folder)
+    folder = os.path.join(folder, f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
+
+
 def _fused_product(activation: str = "none") -> Callable[..., torch.Tensor]:
     """`_product` (and the activation after it) compiled, one pass to quantise and one to dequantise,
     where that compiles and agrees with the eager steps on a probe; as is otherwise (correct, only
@@ -83,6 +106,7 @@ def _fused_product(activation: str = "none") -> Callable[..., torch.Tensor]:
             )
             expected = eager(*probe)
             try:
+                kernel_cache_for_this_cpu()
                 compiled = torch.compile(eager, dynamic=True)
                 agrees = bool(torch.allclose(compiled(*probe), expected, rtol=1e-4, atol=1e-4))
                 reason = "its output differed from the eager steps on this CPU"

@@ -116,3 +116,44 @@ def test_linears_reading_one_input_run_as_one_product_and_a_gelu_runs_in_it() ->
     attention.query(rows)  # leaves key's and value's columns of this input for them
     fresh = attention.key(other_rows)  # another input: its own product, not the columns left for `rows`
     assert torch.nn.functional.cosine_similarity(fresh, original["attention"].key(other_rows).detach()).min() > 0.999
+
+
+_INT8_IN_A_PROCESS = """
+import sys
+import numpy as np
+from mm2d_integrations import Matryoshka2DEncoder
+np.save(sys.stdout.buffer, Matryoshka2DEncoder(sys.argv[1], compute_precision="int8").encode_documents(sys.argv[2:]))
+"""
+
+
+def test_kernels_compiled_for_another_cpu_capability_are_never_loaded(minilm_path: Path, sentences: list[str], tmp_path: Path) -> None:
+    """torch's kernel cache does not key kernels by CPU capability: an AVX2-forced process that compiled
+    int8's products made the next default process on the same cache folder abort (heap corruption).
+    Each capability now gets its own subfolder, so both processes run and stay within the bar."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    texts = sentences[:24]
+    expected = Matryoshka2DEncoder(minilm_path).encode_documents(texts)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "kernels")}
+    forced = {**env, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    for run_env in (forced, env, env):  # AVX2 first, then the default twice (compiled, then loaded from disk)
+        result = subprocess.run(
+            [sys.executable, "-c", _INT8_IN_A_PROCESS, str(minilm_path), *texts], env=run_env, capture_output=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        assert _min_cosine(np.load(io.BytesIO(result.stdout)), expected) >= 0.99
+    assert "cpu-avx2" in {path.name for path in (tmp_path / "kernels").iterdir()}
+
+
+def test_the_kernel_cache_is_keyed_once_by_capability(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mm2d_integrations.int8 import kernel_cache_for_this_cpu
+
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert kernel_cache_for_this_cpu() == str(tmp_path / f"cpu-{capability}")
+    assert kernel_cache_for_this_cpu() == str(tmp_path / f"cpu-{capability}")  # a child process inherits it: not nested
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cpu-avx2"))  # a parent forced to another capability
+    assert kernel_cache_for_this_cpu() == str(tmp_path / f"cpu-{capability}")
