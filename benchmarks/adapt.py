@@ -38,12 +38,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.adapt import HEAD_SIDES, LOSSES, MAX_TEXTS, PSEUDO_QUERIES, adapt
 from mm2d_integrations.cli.adapt import format_adapt_report
+from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.evaluation.cross_depth import evaluate_depths
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import STS_METRIC, evaluate_sts
-from mm2d_integrations.settings import default_model
+from mm2d_integrations.training.adapt import HEAD_SIDES, LOSSES, MAX_TEXTS, PSEUDO_QUERIES, adapt
 
 STSB = Path(os.environ.get("MM2D_STSB_DIR", "."))
 MAX_ADAPT_SECONDS = 300.0

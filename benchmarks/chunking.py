@@ -14,10 +14,10 @@ import argparse
 import tempfile
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.documents import Chunking, load_folder
+from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.rag.pipeline import Store, ask, index
+from mm2d_integrations.retrieval.documents import Chunking, load_folder
 from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
-from mm2d_integrations.settings import default_model
 
 
 def measure(encoder: Matryoshka2DEncoder, chunking: Chunking) -> dict[str, float]:

@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import torch
 
 from mm2d_integrations import Matryoshka2DEncoder
+from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.evaluation.datasets import StsPairs, read_sts
 from mm2d_integrations.evaluation.grid import STS_METRIC, GridResult, evaluate_sts
 from mm2d_integrations.evaluation.metrics import spearman
-from mm2d_integrations.settings import default_model
 
 STSB = Path(os.environ.get("MM2D_STSB_DIR", "."))
 MAX_RATIO = 1.3

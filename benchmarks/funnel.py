@@ -26,11 +26,11 @@ import numpy as np
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.chroma import FunnelIndex, chroma_client, open_collection
+from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.evaluation.datasets import BeirSet, read_beir
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
 from mm2d_integrations.evaluation.ranking import top_k
-from mm2d_integrations.funnel import Funnel
-from mm2d_integrations.settings import default_model
+from mm2d_integrations.retrieval.funnel import Funnel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_sets import build_stsb

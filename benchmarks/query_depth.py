@@ -46,15 +46,15 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from retrieval_sets import build_sample  # noqa: E402
 
 from mm2d_integrations import Matryoshka2DEncoder  # noqa: E402
-from mm2d_integrations.adapt import adapt, read_corpus  # noqa: E402
 from mm2d_integrations.cli.adapt import format_adapt_report  # noqa: E402
+from mm2d_integrations.core.checkpoint import default_model  # noqa: E402
 from mm2d_integrations.evaluation.cross_depth import evaluate_depths  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_beir  # noqa: E402
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings, chroma_vector_store  # noqa: E402
 from mm2d_integrations.rag.generators import NOTHING_RELEVANT, Answer, Passage, unique_sources  # noqa: E402
 from mm2d_integrations.rag.pipeline import Store, ask, index  # noqa: E402
 from mm2d_integrations.samples import SAMPLE_DOCS  # noqa: E402
-from mm2d_integrations.settings import default_model  # noqa: E402
+from mm2d_integrations.training.adapt import adapt, read_corpus  # noqa: E402
 
 K = 3
 THREADS = (1, 2)

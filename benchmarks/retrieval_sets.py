@@ -61,7 +61,7 @@ def _words(text: str) -> set[str]:
 
 
 def build_sample(out: Path) -> Path:
-    from mm2d_integrations.documents import load_folder, split_documents
+    from mm2d_integrations.retrieval.documents import load_folder, split_documents
     from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
 
     chunks = split_documents(load_folder(SAMPLE_DOCS).documents)

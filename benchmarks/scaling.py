@@ -32,10 +32,10 @@ import ray
 import ray.data
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.documents import Chunking, load_folder, split_documents
+from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.ray import EmbedBatches, actor_map, embed_dataset
+from mm2d_integrations.retrieval.documents import Chunking, load_folder, split_documents
 from mm2d_integrations.samples import SAMPLE_DOCS
-from mm2d_integrations.settings import default_model
 
 BATCH = 64  # rag.indexer.BATCH: the chunks of one write
 

@@ -87,8 +87,8 @@ def base_vectors(work: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         from retrieval_sets import build_stsb
 
         from mm2d_integrations import Matryoshka2DEncoder
+        from mm2d_integrations.core.checkpoint import default_model
         from mm2d_integrations.evaluation.datasets import read_beir
-        from mm2d_integrations.settings import default_model
 
         dataset = read_beir(build_stsb(work / "stsb"))
         encoder = Matryoshka2DEncoder(default_model())
@@ -113,7 +113,7 @@ def vectors(base: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 def encoder():
     from mm2d_integrations import Matryoshka2DEncoder
-    from mm2d_integrations.settings import default_model
+    from mm2d_integrations.core.checkpoint import default_model
 
     return Matryoshka2DEncoder(default_model())
 
@@ -124,7 +124,7 @@ def encoder():
 def stage_build(work: Path, size: int, what: str) -> dict[str, Any]:
     """Build one part in `work/<size>`: a collection of `what` dimensions, or the funnel's rows."""
     from mm2d_integrations.chroma import FunnelIndex, chroma_client, open_collection
-    from mm2d_integrations.encoder import truncate_dimensions
+    from mm2d_integrations.core.encoder import truncate_dimensions
 
     base, _, texts = base_vectors(work)
     folder = work / str(size)
@@ -158,7 +158,7 @@ def stage_build(work: Path, size: int, what: str) -> dict[str, Any]:
 def _searches(folder: Path, model: Any, dims_list: tuple[int, ...], funnels: tuple[tuple[int, int], ...], *, server: tuple[str, int] | None = None) -> dict[str, Callable[[np.ndarray], list[str]]]:
     """Query vector -> ids, for Chroma at each width and each funnel."""
     from mm2d_integrations.chroma import FunnelIndex, chroma_client
-    from mm2d_integrations.encoder import truncate_dimensions
+    from mm2d_integrations.core.encoder import truncate_dimensions
 
     client = chroma_client(host=server[0], port=server[1]) if server else chroma_client(folder, create=False)
     searches: dict[str, Callable[[np.ndarray], list[str]]] = {}

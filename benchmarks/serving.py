@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mm2d_integrations import Matryoshka2DEncoder  # noqa: E402
+from mm2d_integrations.core.checkpoint import default_model  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
-from mm2d_integrations.settings import default_model  # noqa: E402
 
 MODEL = "minilm"
 

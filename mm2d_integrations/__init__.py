@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.runtime import BACKENDS
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.runtime import BACKENDS
 
 __all__ = [
     "BACKENDS", "EncoderOptions", "Matryoshka2DEmbedding", "Matryoshka2DEmbeddingFunction", "Matryoshka2DEmbeddings",

@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mm2d_integrations.encoder import (
+from mm2d_integrations.backends.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import (
     SPACE_KEYS,
     EncoderHandle,
     EncoderRecipe,
@@ -26,13 +28,17 @@ from mm2d_integrations.encoder import (
     space_items,
     truncate_dimensions,
 )
-from mm2d_integrations.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
-from mm2d_integrations.settings import default_model
-from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex, StoreUnavailable, check_collection_name
-from mm2d_integrations.validation import install_hint
-from mm2d_integrations.vector_rows import VectorRows
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.validation import install_hint
+from mm2d_integrations.retrieval.funnel import check_search, check_shortlist_dims, rerank, short_collection_name
+from mm2d_integrations.retrieval.store_rules import (
+    DEFAULT_COLLECTION,
+    DEFAULT_PERSIST_DIR,
+    MissingIndex,
+    StoreUnavailable,
+    check_collection_name,
+)
+from mm2d_integrations.retrieval.vector_rows import VectorRows
 
 try:
     import chromadb

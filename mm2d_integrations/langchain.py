@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
-from mm2d_integrations.compat import their_arguments
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.funnel import check_search
-from mm2d_integrations.settings import default_model
-from mm2d_integrations.validation import install_hint
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.validation import install_hint
+from mm2d_integrations.frameworks.compat import their_arguments
+from mm2d_integrations.frameworks.fields import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.retrieval.funnel import check_search
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun

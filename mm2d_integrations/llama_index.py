@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
 
-from mm2d_integrations.adapters import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
-from mm2d_integrations.compat import LLAMA_INDEX_ARGUMENTS, their_arguments
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.funnel import check_search
-from mm2d_integrations.settings import default_model
-from mm2d_integrations.validation import install_hint
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.validation import install_hint
+from mm2d_integrations.frameworks.compat import LLAMA_INDEX_ARGUMENTS, their_arguments
+from mm2d_integrations.frameworks.fields import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.retrieval.funnel import check_search
 
 try:
     from llama_index.core.base.base_retriever import BaseRetriever

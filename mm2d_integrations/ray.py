@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mm2d_integrations.encoder import EncoderRecipe, Matryoshka2DEncoder
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.settings import default_model
-from mm2d_integrations.store import ClusterUnavailable
-from mm2d_integrations.validation import check_int_in_range, install_hint
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import EncoderRecipe, Matryoshka2DEncoder
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.validation import check_int_in_range, install_hint
+from mm2d_integrations.retrieval.store_rules import ClusterUnavailable
 
 try:
     import ray

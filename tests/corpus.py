@@ -6,7 +6,7 @@ from pathlib import Path
 def indexed_chunk_ids(folder: Path, model: str) -> set[str]:
     """The ids of the chunks `mm2d index FOLDER --model MODEL` writes: cut by the model's tokens."""
     from mm2d_integrations import Matryoshka2DEncoder
-    from mm2d_integrations.documents import Chunking, load_folder, split_documents
+    from mm2d_integrations.retrieval.documents import Chunking, load_folder, split_documents
 
     return {chunk.id for chunk in split_documents(load_folder(folder).documents, Chunking.by_tokens(Matryoshka2DEncoder(model)))}
 

@@ -12,10 +12,10 @@ from safetensors.numpy import load_file
 from scipy.special import erf
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.adapt import PSEUDO_QUERIES, Rows, Training, adapt, agreement, cut_pseudo_queries, fit_head, read_corpus
 from mm2d_integrations.cli import main
+from mm2d_integrations.core.exit_heads import FORMAT, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
 from mm2d_integrations.evaluation.datasets import StsPairs
-from mm2d_integrations.exit_heads import FORMAT, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
+from mm2d_integrations.training.adapt import PSEUDO_QUERIES, Rows, Training, adapt, agreement, cut_pseudo_queries, fit_head, read_corpus
 from tests.conftest import GRADED_PAIRS, distinct_sentences
 from tests.tiny_models import build_tiny_model
 
@@ -327,14 +327,14 @@ def test_per_side_heads_route_queries_and_documents(per_side: Path, tiny_base: P
 
 
 def test_per_side_heads_refuse_an_export_and_a_server(per_side: Path, tmp_path: Path) -> None:
-    from mm2d_integrations.export import export_model
+    from mm2d_integrations.backends.export import export_model
 
     for format in ("sentence-transformers", "onnx"):
         with pytest.raises(ValueError, match="separate query and document exit heads at num_layers=2.*sides='shared'"):
             export_model(per_side, tmp_path / format, num_layers=2, format=format)
         assert not (tmp_path / format).exists()
     assert (export_model(per_side, tmp_path / "full") / "modules.json").is_file()  # full depth has no head at all
-    from mm2d_integrations.serve import create_app
+    from mm2d_integrations.serving.server import create_app
 
     with pytest.raises(ValueError, match="separate query and document exit heads .*cannot tell apart"):
         create_app(Matryoshka2DEncoder(per_side))

@@ -11,9 +11,9 @@ import pytest
 
 import mm2d_integrations
 from mm2d_integrations import BACKENDS, Matryoshka2DEncoder
-from mm2d_integrations.adapt import adapt
 from mm2d_integrations.cli import build_parser
-from mm2d_integrations.pooling import POOLING_MODES
+from mm2d_integrations.core.pooling import POOLING_MODES
+from mm2d_integrations.training.adapt import adapt
 from tests.tiny_models import build_tiny_model
 
 TEXTS = ["a short one", "a much longer sentence about the quarterly energy report and its numbers", "ok", "Two dogs run in the park."]
@@ -74,7 +74,7 @@ def test_onnx_applies_exit_heads(tmp_path: Path, minilm_path: Path, sentences: l
 def test_the_graph_is_exported_once_and_then_read_from_the_cache(
     tmp_path: Path, minilm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mm2d_integrations.onnx_backend as onnx_backend
+    import mm2d_integrations.backends.onnx as onnx_backend
 
     build_tiny_model(tmp_path / "model", "bert", minilm_path, pooling="mean")
     monkeypatch.setenv("MM2D_CACHE_DIR", str(tmp_path / "cache"))

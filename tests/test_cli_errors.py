@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-import mm2d_integrations.loading as loading
+import mm2d_integrations.core.loading as loading
 from mm2d_integrations.chroma import chroma_client
 from mm2d_integrations.cli import main
 from mm2d_integrations.samples import SAMPLE_DOCS

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mm2d_integrations import compat
 from mm2d_integrations.chroma import Matryoshka2DEmbeddingFunction
+from mm2d_integrations.frameworks import compat
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
 from mm2d_integrations.llama_index import Matryoshka2DEmbedding
 from tests.test_langchain import MINILM

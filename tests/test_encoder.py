@@ -267,7 +267,7 @@ def test_bf16_precision_stays_close_to_float32(minilm_path: Path, sentences: lis
 
 
 def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mm2d_integrations.runtime as runtime_module
+    import mm2d_integrations.core.runtime as runtime_module
 
     monkeypatch.setattr(runtime_module, "bf16_supported", lambda device: False)
     with pytest.warns(UserWarning, match="no native bfloat16 support: compute_precision falls back to float32"):
@@ -313,7 +313,7 @@ def test_a_cpu_without_bf16_or_vnni_gets_exact_float32(minilm_path: Path, senten
 
 
 def test_token_budget_batches() -> None:
-    from mm2d_integrations.encoder import token_budget_batches
+    from mm2d_integrations.core.encoder import token_budget_batches
 
     lengths = [5, 100, 3, 100, 50, 4]
     assert token_budget_batches(lengths, 32, None) == [[1, 3, 4, 0, 5, 2]]

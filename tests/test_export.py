@@ -10,10 +10,10 @@ import pytest
 from safetensors import safe_open
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.adapt import adapt
+from mm2d_integrations.backends.export import export_model
+from mm2d_integrations.backends.onnx import run_graph
 from mm2d_integrations.cli import main
-from mm2d_integrations.export import export_model
-from mm2d_integrations.onnx_backend import run_graph
+from mm2d_integrations.training.adapt import adapt
 from tests.tiny_models import build_tiny_model
 
 TEXTS = ["a short one", "a much longer sentence about the quarterly energy report and its numbers", "ok", "Two dogs run in the park."]

@@ -22,13 +22,13 @@ from mm2d_integrations.chroma import (
     stored_embedding_function,
 )
 from mm2d_integrations.cli import main
-from mm2d_integrations.documents import load_folder, split_documents
-from mm2d_integrations.encoder import truncate_dimensions
-from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.core.encoder import truncate_dimensions
 from mm2d_integrations.rag.indexer import index_folder, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask
+from mm2d_integrations.retrieval.documents import load_folder, split_documents
+from mm2d_integrations.retrieval.funnel import Funnel
+from mm2d_integrations.retrieval.vector_rows import VectorRows
 from mm2d_integrations.samples import SAMPLE_DOCS
-from mm2d_integrations.vector_rows import VectorRows
 from tests.test_chroma import ChromaServer, chroma_server  # noqa: F401 (a fixture)
 from tests.test_langchain import MINILM, TICK, with_ticker
 from tests.test_rag import QUESTIONS, RecordingChatModel, RecordingLLM

@@ -10,9 +10,9 @@ import pytest
 
 from mm2d_integrations.cli import main
 from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
-from mm2d_integrations.evaluation.funnel import auto_shortlist_dims, choose_funnel, evaluate_funnel
+from mm2d_integrations.evaluation.funnel_choice import auto_shortlist_dims, choose_funnel, evaluate_funnel
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
-from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.retrieval.funnel import Funnel
 from tests.test_evaluation_datasets import write_sts_retrieval_set
 
 

@@ -12,13 +12,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mm2d_integrations"
 FRAMEWORKS = ("langchain_core", "langchain_chroma", "langchain_text_splitters", "llama_index", "chromadb", "pydantic", "ray")
-CORE = (
-    "mm2d_integrations.encoder", "mm2d_integrations.loading", "mm2d_integrations.options", "mm2d_integrations.runtime",
-    "mm2d_integrations.source", "mm2d_integrations.settings", "mm2d_integrations.pooling", "mm2d_integrations.exit_heads",
-    "mm2d_integrations.validation", "mm2d_integrations.funnel", "mm2d_integrations.store", "mm2d_integrations.adapt",
-    "mm2d_integrations.documents", "mm2d_integrations.compat", "mm2d_integrations.remote", "mm2d_integrations.vector_rows",
+# The folders (and the top-level adapter modules) from the bottom up: a module imports from its own tier
+# or a lower one, never from a higher one. A new folder or top-level module must be placed here.
+TIERS: tuple[tuple[str, ...], ...] = (
+    ("samples", "core", "backends"),  # the model: no framework
+    ("retrieval",),  # documents -> chunks, store rules, funnel maths, vector rows: no framework
+    ("frameworks",),  # what the adapters share
+    ("__init__", "langchain", "llama_index", "chroma", "ray"),  # the public adapters, one module per framework
+    ("serving", "training", "evaluation"),  # applications of the encoder
+    ("rag",),  # the sample RAG app: index a folder, answer questions
+    ("cli",),  # `mm2d`
 )
-
+NO_FRAMEWORK = ("samples", "core", "backends")  # not even lazily
+NO_FRAMEWORK_AT_IMPORT = ("retrieval",)  # may use one where it is needed (the text splitter), with an install hint
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -84,24 +90,37 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_nothing_below_the_command_line_imports_it() -> None:
-    upward = {
-        (name, target)
-        for name, targets in import_graph().items()
-        for target in targets
-        if target.startswith("mm2d_integrations.cli") and not name.startswith("mm2d_integrations.cli")
-    }
-    assert upward == set()
+def place(module: str) -> str:
+    """The folder a module lives in, or the top-level module's own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
-def test_the_core_imports_no_framework_and_no_sample_app() -> None:
-    """At module level: an optional dependency may be imported where it is used, with an install hint."""
-    graph = import_graph()
-    for name in CORE:
-        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
-        frameworks = [module for module in _imports(path, module_level=True) if module.split(".")[0] in FRAMEWORKS]
-        upward = [module for module in graph[name] if module.startswith(("mm2d_integrations.rag", "mm2d_integrations.evaluation", "mm2d_integrations.chroma", "mm2d_integrations.langchain", "mm2d_integrations.llama_index"))]
-        assert (name, frameworks, upward) == (name, [], [])
+def tier(module: str) -> int:
+    return next(index for index, places in enumerate(TIERS) if place(module) in places)
+
+
+def test_every_folder_and_top_level_module_has_a_tier() -> None:
+    placed = {name for places in TIERS for name in places}
+    assert {place(name) for name in import_graph()} - placed == set()
+
+
+def test_imports_never_climb_to_a_higher_tier() -> None:
+    upward = sorted((name, target) for name, targets in import_graph().items() for target in targets if tier(target) > tier(name))
+    assert upward == []
+
+
+def test_the_tier_check_finds_a_climb() -> None:
+    assert tier("mm2d_integrations.core.encoder") < tier("mm2d_integrations.langchain") < tier("mm2d_integrations.cli.rag")
+
+
+def test_the_model_and_retrieval_folders_import_no_framework() -> None:
+    """The model's folders run without any framework installed; retrieval imports none when imported."""
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        if place(name) in NO_FRAMEWORK + NO_FRAMEWORK_AT_IMPORT:
+            imported = _imports(path, module_level=place(name) in NO_FRAMEWORK_AT_IMPORT)
+            assert (name, [module for module in imported if module.split(".")[0] in FRAMEWORKS]) == (name, [])
 
 
 def test_importing_the_package_loads_no_framework() -> None:

@@ -15,9 +15,9 @@ import torch
 
 from mm2d_integrations import EncoderOptions, Matryoshka2DEncoder
 from mm2d_integrations.cli import build_parser
+from mm2d_integrations.core.options import option_specs
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
 from mm2d_integrations.llama_index import Matryoshka2DEmbedding
-from mm2d_integrations.options import option_specs
 from tests.tiny_models import build_tiny_model, copy_as_hub_cache
 
 

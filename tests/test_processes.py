@@ -18,7 +18,7 @@ import pytest
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.chroma import Matryoshka2DEmbeddingFunction
-from mm2d_integrations.encoder import EncoderRecipe
+from mm2d_integrations.core.encoder import EncoderRecipe
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
 from mm2d_integrations.llama_index import Matryoshka2DEmbedding
 from tests.test_langchain import MINILM
@@ -88,7 +88,7 @@ _LOADS = 0
 
 def _count_loads() -> None:
     """Pool initializer: count the models this worker loads."""
-    from mm2d_integrations import loading
+    from mm2d_integrations.core import loading
 
     original = loading._load
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from mm2d_integrations import EncoderOptions, Matryoshka2DEncoder
-from mm2d_integrations.adapt import adapt, read_corpus
 from mm2d_integrations.chroma import (
     FINGERPRINT_KEY,
     EmbeddingSpaceMismatch,
@@ -21,9 +20,10 @@ from mm2d_integrations.chroma import (
     open_collection,
 )
 from mm2d_integrations.cli import main
+from mm2d_integrations.core.checkpoint import SHARED_SPACE_DEPTHS
 from mm2d_integrations.rag.generators import Answer, unique_sources
 from mm2d_integrations.samples import SAMPLE_DOCS
-from mm2d_integrations.settings import SHARED_SPACE_DEPTHS
+from mm2d_integrations.training.adapt import adapt, read_corpus
 from tests.corpus import DOCUMENTS, QUESTIONS
 from tests.tiny_models import build_tiny_model
 

@@ -14,10 +14,10 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.chroma import chroma_client, open_collection
 from mm2d_integrations.cli import main
-from mm2d_integrations.documents import html_to_text, load_folder, split_documents
 from mm2d_integrations.rag.generators import NOTHING_RELEVANT, ExtractiveAnswerer
 from mm2d_integrations.rag.indexer import index_folder, source_of, stored_ids
 from mm2d_integrations.rag.pipeline import Store, ask, index
+from mm2d_integrations.retrieval.documents import html_to_text, load_folder, split_documents
 from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
 from tests.test_langchain import MINILM
 from tests.tiny_models import build_tiny_model
@@ -227,7 +227,7 @@ def test_cli_demo_runs_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_index_cuts_chunks_by_the_models_tokens_that_fit_max_length(tmp_path: Path) -> None:
-    from mm2d_integrations.documents import Chunking
+    from mm2d_integrations.retrieval.documents import Chunking
 
     encoder = Matryoshka2DEncoder(MINILM, document_prompt="passage: ")
     chunking = Chunking.by_tokens(encoder)

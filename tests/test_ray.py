@@ -23,13 +23,13 @@ import ray.data
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.cli import main
-from mm2d_integrations.documents import Chunking
 from mm2d_integrations.rag import indexer
 from mm2d_integrations.rag.pipeline import Store, index
-from mm2d_integrations.rag.ray_index import index_on_ray
+from mm2d_integrations.rag.ray_indexer import index_on_ray
 from mm2d_integrations.ray import embed_dataset
+from mm2d_integrations.retrieval.documents import Chunking
+from mm2d_integrations.retrieval.store_rules import StoreUnavailable
 from mm2d_integrations.samples import SAMPLE_DOCS
-from mm2d_integrations.store import StoreUnavailable
 from tests.corpus import indexed_chunk_ids
 from tests.test_chroma import ChromaServer, _free_port
 from tests.test_langchain import MINILM

@@ -24,8 +24,8 @@ from llama_index.embeddings.openai import OpenAIEmbedding
 from prometheus_client.parser import text_string_to_metric_families
 
 from mm2d_integrations.cli import main
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.serve import ServerLimits, check_bind, create_app, serving_in_background
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.serving.server import ServerLimits, check_bind, create_app, serving_in_background
 
 MODEL = "minilm"
 TEXTS = ["A cat sits on the mat.", "Stock markets fell sharply on Monday.", "The recipe needs two eggs and flour."]

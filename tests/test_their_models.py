@@ -130,7 +130,7 @@ def test_starbucks_preset_through_the_hub_cache(tmp_path: Path, minilm_path: Pat
 
 
 def test_cls_pooling_takes_the_first_pooled_token() -> None:
-    from mm2d_integrations.pooling import pool
+    from mm2d_integrations.core.pooling import pool
 
     hidden = torch.arange(12, dtype=torch.float32).reshape(2, 3, 2)
     mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
@@ -139,9 +139,9 @@ def test_cls_pooling_takes_the_first_pooled_token() -> None:
 
 
 def test_eval_report_shows_the_trained_pairs() -> None:
+    from mm2d_integrations.core.checkpoint import STARBUCKS_PAIRS
     from mm2d_integrations.evaluation.grid import GridResult
     from mm2d_integrations.evaluation.report import format_report
-    from mm2d_integrations.settings import STARBUCKS_PAIRS
 
     scores = {(12, 768): 80.0, (12, 32): 75.0, (2, 768): 72.0, (2, 32): 70.0}
     result = GridResult("starbucks", "sts", {"spearman": scores}, (12, 768), 10, 1.0, {12: 1.0, 2: 0.2}, 1.5,

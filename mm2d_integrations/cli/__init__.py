@@ -15,7 +15,7 @@ from mm2d_integrations.cli.eval import add_eval_command
 from mm2d_integrations.cli.export import add_export_command
 from mm2d_integrations.cli.rag import add_rag_commands
 from mm2d_integrations.cli.serve import add_serve_command
-from mm2d_integrations.store import ClusterUnavailable, IndexBusy, StoreUnavailable
+from mm2d_integrations.retrieval.store_rules import ClusterUnavailable, IndexBusy, StoreUnavailable
 
 __all__ = ["build_parser", "main"]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mm2d_integrations.adapt import (
+from mm2d_integrations.cli.options import add_encoder_options, progress
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.training.adapt import (
     EPOCHS,
     HEAD_SIDES,
     LOSSES,
@@ -18,8 +20,6 @@ from mm2d_integrations.adapt import (
     adapt,
     read_corpus,
 )
-from mm2d_integrations.cli.options import add_encoder_options, progress
-from mm2d_integrations.settings import default_model
 
 __all__ = ["add_adapt_command", "format_adapt_report"]
 

@@ -8,8 +8,8 @@ import argparse
 import numpy as np
 
 from mm2d_integrations.cli.options import add_encoder_options, options_from
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.settings import default_model
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 
 __all__ = ["add_embed_command"]
 

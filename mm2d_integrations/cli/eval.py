@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mm2d_integrations.cli.options import add_encoder_options, options_from, progress
-from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import GridResult, evaluate_retrieval, evaluate_sts
 from mm2d_integrations.evaluation.report import format_report, save_heatmap, to_json
-from mm2d_integrations.funnel import Funnel
-from mm2d_integrations.settings import default_model
+from mm2d_integrations.retrieval.funnel import Funnel
 
 __all__ = ["add_eval_command"]
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Collection
 
-from mm2d_integrations.options import EncoderOptions, option_specs
+from mm2d_integrations.core.options import EncoderOptions, option_specs
 
 __all__ = ["add_encoder_options", "options_from", "progress"]
 

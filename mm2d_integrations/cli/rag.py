@@ -7,13 +7,13 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from mm2d_integrations.cli.options import add_encoder_options, options_from, progress
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.funnel import Funnel
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.rag import FRAMEWORKS
 from mm2d_integrations.rag.generators import EXTRACTIVE, Answer
+from mm2d_integrations.retrieval.funnel import Funnel
+from mm2d_integrations.retrieval.store_rules import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex
 from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
-from mm2d_integrations.settings import default_model
-from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex
 
 if TYPE_CHECKING:
     from mm2d_integrations.rag.pipeline import Store
@@ -68,7 +68,7 @@ def _index(args: argparse.Namespace) -> int:
         raise ValueError("--ray-actors counts the actors of --ray: give --ray too")
     store = _store(args, shortlist_dims=args.shortlist_dims)
     if args.ray is not None:
-        from mm2d_integrations.rag.ray_index import index_on_ray  # the ray extra
+        from mm2d_integrations.rag.ray_indexer import index_on_ray  # the ray extra
 
         gpus = 1 if (store.options.device or "").startswith("cuda") else None  # --device cuda: each actor reserves a GPU
         print(index_on_ray(args.folder, store, address=args.ray, actors=args.ray_actors, num_gpus=gpus, show_progress=progress(args)))

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from mm2d_integrations.cli.options import add_encoder_options, options_from
-from mm2d_integrations.settings import default_model
+from mm2d_integrations.core.checkpoint import default_model
 
 __all__ = ["add_serve_command"]
 
@@ -33,8 +33,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mm2d_integrations.encoder import Matryoshka2DEncoder
-    from mm2d_integrations.serve import ServerLimits, check_bind, serve
+    from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+    from mm2d_integrations.serving.server import ServerLimits, check_bind, serve
 
     check_bind(args.host, args.api_key)  # before the model loads
     limits = ServerLimits(

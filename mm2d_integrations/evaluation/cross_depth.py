@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.evaluation.datasets import BeirSet
 from mm2d_integrations.evaluation.grid import evaluate_retrieval
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.core.validation import check_int_in_range
 from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs
-from mm2d_integrations.evaluation.funnel import FunnelChoice, FunnelResult, auto_shortlist_dims, choose_funnel, evaluate_funnel
+from mm2d_integrations.evaluation.funnel_choice import FunnelChoice, FunnelResult, auto_shortlist_dims, choose_funnel, evaluate_funnel
 from mm2d_integrations.evaluation.metrics import spearman
 from mm2d_integrations.evaluation.ranking import RETRIEVAL_METRICS, retrieval_scores
 from mm2d_integrations.evaluation.timing import LayerClock
-from mm2d_integrations.funnel import Funnel
-from mm2d_integrations.validation import check_int_in_range
+from mm2d_integrations.retrieval.funnel import Funnel
 
 __all__ = ["STS_METRIC", "Cell", "CrossDepth", "GridResult", "evaluate_retrieval", "evaluate_sts", "grid_axes"]
 

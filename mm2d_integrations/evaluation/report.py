@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mm2d_integrations.evaluation.funnel import FunnelChoice
+from mm2d_integrations.evaluation.funnel_choice import FunnelChoice
 from mm2d_integrations.evaluation.grid import Cell, CrossDepth, GridResult
 
 __all__ = ["change", "format_report", "funnel_choice_lines", "save_heatmap", "to_json"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 
 __all__ = ["LayerClock"]
 

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 
 __all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "format_context", "sentences_of", "unique_sources"]
 

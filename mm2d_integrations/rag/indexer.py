@@ -14,8 +14,15 @@ import numpy as np
 from tqdm import tqdm
 
 from mm2d_integrations.chroma import FunnelIndex, stored_ids
-from mm2d_integrations.documents import Chunking, LoadedFolder, SourceDocument, from_framework_documents, load_folder, split_documents
-from mm2d_integrations.store import StoreUnavailable
+from mm2d_integrations.retrieval.documents import (
+    Chunking,
+    LoadedFolder,
+    SourceDocument,
+    from_framework_documents,
+    load_folder,
+    split_documents,
+)
+from mm2d_integrations.retrieval.store_rules import StoreUnavailable
 
 __all__ = [
     "BATCH", "WRITE_BACKOFF_S", "WRITE_TRIES", "DocumentsInput", "IndexReport", "exactly_by_default", "held_ids", "index_folder",

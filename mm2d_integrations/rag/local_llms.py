@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mm2d_integrations.core.validation import install_hint
 from mm2d_integrations.rag import Framework
-from mm2d_integrations.validation import install_hint
 
 __all__ = ["MAX_NEW_TOKENS", "local_llm"]
 

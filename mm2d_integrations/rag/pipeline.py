@@ -12,15 +12,15 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mm2d_integrations.chroma import FunnelIndex, chroma_client, has_collection, open_collection, stored_embedding_function
-from mm2d_integrations.documents import Chunking
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.funnel import Funnel
-from mm2d_integrations.options import EncoderOptions
+from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.rag import FRAMEWORKS, Framework
 from mm2d_integrations.rag.generators import EXTRACTIVE, Answer, ExtractiveAnswerer, Generator
 from mm2d_integrations.rag.indexer import DocumentsInput, IndexReport, exactly_by_default, index_folder, read_input
-from mm2d_integrations.settings import default_model
-from mm2d_integrations.store import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, IndexBusy, MissingIndex, check_collection_name
+from mm2d_integrations.retrieval.documents import Chunking
+from mm2d_integrations.retrieval.funnel import Funnel
+from mm2d_integrations.retrieval.store_rules import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, IndexBusy, MissingIndex, check_collection_name
 
 __all__ = ["Store", "ask", "index", "make_generator", "writing"]
 

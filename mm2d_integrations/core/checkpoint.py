@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mm2d_integrations.pooling import pooling_from_sentence_transformers
-from mm2d_integrations.source import ModelSource
+from mm2d_integrations.core.pooling import pooling_from_sentence_transformers
+from mm2d_integrations.core.source import ModelSource
 
 __all__ = [
     "KNOWN_MODELS", "MODEL_2D", "MXBAI_QUERY_PROMPT", "SHARED_SPACE_DEPTHS", "STARBUCKS_MSMARCO", "STARBUCKS_PAIRS", "ModelSettings",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mm2d_integrations.validation import check_int_in_range
+from mm2d_integrations.core.validation import check_int_in_range
 
 __all__ = ["MAX_CANDIDATES", "Funnel", "check_factor", "check_search", "check_shortlist_dims", "rerank", "short_collection_name"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mm2d_integrations.loading import LoadedModel
+from mm2d_integrations.core.loading import LoadedModel
 from mm2d_integrations.samples import SAMPLE_DOCS
 
 __all__ = [

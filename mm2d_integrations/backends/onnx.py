@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm2d_integrations.loading import LoadedModel
-from mm2d_integrations.validation import install_hint
+from mm2d_integrations.core.loading import LoadedModel
+from mm2d_integrations.core.validation import install_hint
 
 __all__ = ["OnnxModel", "cache_dir", "export_graph", "hidden_state_names", "onnx_model", "run_graph"]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.settings import saved_prompts
-from mm2d_integrations.source import ModelSource
+from mm2d_integrations.core.checkpoint import saved_prompts
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.source import ModelSource
 
 __all__ = [
     "CONSTRUCTOR_ARGUMENTS", "ENCODE_ARGUMENTS", "LLAMA_INDEX_ARGUMENTS", "REFUSED", "from_sentence_transformers",

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.exit_heads import ExitHead
-from mm2d_integrations.folders import check_new_folder, staged_folder
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.pooling import pool
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.exit_heads import ExitHead
+from mm2d_integrations.core.folders import check_new_folder, staged_folder
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.pooling import pool
 
 __all__ = ["EXPORT_FILE", "EXPORT_PRECISIONS", "FORMATS", "Pipeline", "affine_of_head", "export_model"]
 
@@ -186,6 +186,6 @@ class Pipeline(torch.nn.Module):
 
 
 def _write_onnx(encoder: Matryoshka2DEncoder, path: Path) -> None:
-    from mm2d_integrations.onnx_backend import export_graph
+    from mm2d_integrations.backends.onnx import export_graph
 
     export_graph(Pipeline(encoder), path, ["sentence_embedding", "token_embeddings"])

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mm2d_integrations.int8 import calibration_texts, int8_model
-from mm2d_integrations.loading import LoadedModel, load_model
-from mm2d_integrations.onnx_backend import onnx_model
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.pooling import check_pooling, pool
-from mm2d_integrations.runtime import dtype_name, resolve_backend, resolve_compute_precision, resolve_device, resolve_dtype
-from mm2d_integrations.settings import SHARED_SPACE_DEPTHS
-from mm2d_integrations.source import ModelSource
-from mm2d_integrations.validation import check_int_in_range, check_texts
+from mm2d_integrations.backends.int8 import calibration_texts, int8_model
+from mm2d_integrations.backends.onnx import onnx_model
+from mm2d_integrations.core.checkpoint import SHARED_SPACE_DEPTHS
+from mm2d_integrations.core.loading import LoadedModel, load_model
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.pooling import check_pooling, pool
+from mm2d_integrations.core.runtime import dtype_name, resolve_backend, resolve_compute_precision, resolve_device, resolve_dtype
+from mm2d_integrations.core.source import ModelSource
+from mm2d_integrations.core.validation import check_int_in_range, check_texts
 
 __all__ = [
     "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",

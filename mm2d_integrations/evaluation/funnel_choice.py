@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mm2d_integrations.encoder import truncate_dimensions
+from mm2d_integrations.core.encoder import truncate_dimensions
 from mm2d_integrations.evaluation.datasets import BeirSet
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
 from mm2d_integrations.evaluation.ranking import top_k
-from mm2d_integrations.funnel import Funnel, rerank
+from mm2d_integrations.retrieval.funnel import Funnel, rerank
 
 __all__ = ["AUTO_FACTORS", "FUNNEL_K", "MAX_AUTO_LOSS", "FunnelChoice", "FunnelResult", "auto_shortlist_dims", "choose_funnel", "evaluate_funnel"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from mm2d_integrations.source import ModelSource
+from mm2d_integrations.core.source import ModelSource
 
 __all__ = ["FORMAT", "FORMAT_PER_SIDE", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "SIDES", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
 

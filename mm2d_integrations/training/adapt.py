@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm2d_integrations.documents import load_folder, split_documents
-from mm2d_integrations.encoder import Matryoshka2DEncoder
-from mm2d_integrations.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
-from mm2d_integrations.folders import check_new_folder, staged_folder
-from mm2d_integrations.validation import check_int_in_range
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
+from mm2d_integrations.core.folders import check_new_folder, staged_folder
+from mm2d_integrations.core.validation import check_int_in_range
+from mm2d_integrations.retrieval.documents import load_folder, split_documents
 
 __all__ = [
     "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",

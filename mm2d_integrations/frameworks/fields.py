@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationInfo, create_model
 
-from mm2d_integrations.compat import from_sentence_transformers
-from mm2d_integrations.encoder import EncoderHandle, Matryoshka2DEncoder
-from mm2d_integrations.options import EncoderOptions, option_specs
-from mm2d_integrations.remote import RemoteEncoder
+from mm2d_integrations.backends.remote import RemoteEncoder
+from mm2d_integrations.core.encoder import EncoderHandle, Matryoshka2DEncoder
+from mm2d_integrations.core.options import EncoderOptions, option_specs
+from mm2d_integrations.frameworks.compat import from_sentence_transformers
 
 __all__ = ["EncoderHolder", "build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mm2d_integrations.source import ModelSource
+from mm2d_integrations.core.source import ModelSource
 
 __all__ = ["DenseModule", "DenseStack", "read_dense_stack"]
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mm2d_integrations.documents import Chunking, SourceDocument, list_folder, read_document, split_documents, warn_skipped
-from mm2d_integrations.encoder import EncoderRecipe
+from mm2d_integrations.core.encoder import EncoderRecipe
 from mm2d_integrations.rag.indexer import BATCH, IndexReport, held_ids, remove_stale, write_chunks
 from mm2d_integrations.rag.pipeline import Store, writing
 from mm2d_integrations.ray import LOCAL, EmbedBatches, actor_map, connected
+from mm2d_integrations.retrieval.documents import Chunking, SourceDocument, list_folder, read_document, split_documents, warn_skipped
 
 # isort: split
 # After mm2d_integrations.ray, whose ImportError says how to install these (the ray extra).

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mm2d_integrations.encoder import Matryoshka2DEncoder, truncate_dimensions
-from mm2d_integrations.validation import check_int_in_range, install_hint
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder, truncate_dimensions
+from mm2d_integrations.core.validation import check_int_in_range, install_hint
 
 try:
     import uvicorn

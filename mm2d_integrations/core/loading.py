@@ -20,12 +20,12 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mm2d_integrations.dense import DenseStack, read_dense_stack
-from mm2d_integrations.exit_heads import ExitHeads, read_exit_heads
-from mm2d_integrations.pooling import POOLING_MODES
-from mm2d_integrations.settings import KNOWN_MODELS, ModelSettings, read_sentence_transformers_settings
-from mm2d_integrations.source import ModelSource
-from mm2d_integrations.validation import check_int_in_range
+from mm2d_integrations.core.checkpoint import KNOWN_MODELS, ModelSettings, read_sentence_transformers_settings
+from mm2d_integrations.core.dense import DenseStack, read_dense_stack
+from mm2d_integrations.core.exit_heads import ExitHeads, read_exit_heads
+from mm2d_integrations.core.pooling import POOLING_MODES
+from mm2d_integrations.core.source import ModelSource
+from mm2d_integrations.core.validation import check_int_in_range
 
 __all__ = ["ARCHITECTURES", "LayerStack", "LoadedModel", "architecture_of", "cut_config", "layer_list", "load_model", "shallow_view"]
 

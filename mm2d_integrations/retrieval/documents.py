@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Protocol
 
-from mm2d_integrations.validation import install_hint
+from mm2d_integrations.core.validation import install_hint
 
 __all__ = [
     "CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "Chunking", "LoadedFolder", "SourceDocument", "TokenCounter", "chunk_id", "from_framework_documents",

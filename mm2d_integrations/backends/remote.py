@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from mm2d_integrations.encoder import EncoderRecipe, space_id_of, space_items
-from mm2d_integrations.options import EncoderOptions
-from mm2d_integrations.validation import check_int_in_range, check_texts, install_hint
+from mm2d_integrations.core.encoder import EncoderRecipe, space_id_of, space_items
+from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.validation import check_int_in_range, check_texts, install_hint
 
 __all__ = ["API_KEY_VARIABLE", "REMOTE_OPTIONS", "RemoteEmbeddingError", "RemoteEncoder", "RemoteRecipe"]
 
