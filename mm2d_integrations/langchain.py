@@ -9,7 +9,7 @@ from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.validation import install_hint
 from mm2d_integrations.frameworks.compat import their_arguments
-from mm2d_integrations.frameworks.fields import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.frameworks.fields import EncoderFields, build_encoder, from_encoder_fields, path_to_str, wrapping
 from mm2d_integrations.retrieval.funnel import check_search
 
 try:
@@ -25,7 +25,7 @@ except ImportError as error:
 __all__ = ["FunnelRetriever", "Matryoshka2DEmbeddings", "cache_backed_embeddings", "chroma_vector_store"]
 
 
-class Matryoshka2DEmbeddings(encoder_fields_model("EncoderFields"), Embeddings):  # type: ignore[misc]
+class Matryoshka2DEmbeddings(EncoderFields, Embeddings):
     """Embeddings for LangChain vector stores and retrievers; every `EncoderOptions` field is a field here.
 
     A drop-in for `HuggingFaceEmbeddings`: its `model_kwargs`, `encode_kwargs`, `query_encode_kwargs`,

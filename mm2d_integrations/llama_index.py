@@ -12,7 +12,7 @@ from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.validation import install_hint
 from mm2d_integrations.frameworks.compat import LLAMA_INDEX_ARGUMENTS, their_arguments
-from mm2d_integrations.frameworks.fields import build_encoder, encoder_fields_model, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.frameworks.fields import EncoderFields, build_encoder, from_encoder_fields, path_to_str, wrapping
 from mm2d_integrations.retrieval.funnel import check_search
 
 try:
@@ -79,9 +79,9 @@ class SpaceKVStore(BaseKVStore):
         return await self.store.adelete(key, self._collection(collection))
 
 
-class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields", exclude=("batch_size",))):  # type: ignore[misc]
-    """Embeddings for LlamaIndex indexes and query engines; every `EncoderOptions` field is a field here,
-    but for `batch_size`: LlamaIndex's `embed_batch_size` texts go to the model as one batch.
+class Matryoshka2DEmbedding(BaseEmbedding, EncoderFields):
+    """Embeddings for LlamaIndex indexes and query engines; every `EncoderOptions` field is a field here.
+    LlamaIndex's `embed_batch_size` texts go to the model as one batch (`batch_size` follows it unless given).
 
     `embeddings_cache` (LlamaIndex's embedding cache, a `BaseKVStore`) is read through `SpaceKVStore`:
     namespaced by the embedding space, queries apart.
@@ -105,7 +105,8 @@ class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields",
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> Matryoshka2DEmbedding:
-        self._encoder = build_encoder(self, info, batch_size=self.embed_batch_size)
+        follows = {} if "batch_size" in self.model_fields_set else {"batch_size": self.embed_batch_size}
+        self._encoder = build_encoder(self, info, **follows)
         if self.embeddings_cache is not None:
             store = self.embeddings_cache.store if isinstance(self.embeddings_cache, SpaceKVStore) else self.embeddings_cache
             self.embeddings_cache = SpaceKVStore(store, f"mm2d-{self.space_id}")
@@ -126,7 +127,7 @@ class Matryoshka2DEmbedding(BaseEmbedding, encoder_fields_model("EncoderFields",
     def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbedding:
         """An embedding that uses `encoder` itself (its loaded model and every option it was built with)."""
         fields = from_encoder_fields(encoder)
-        fields["embed_batch_size"] = fields.pop("batch_size")
+        fields["embed_batch_size"] = fields["batch_size"]
         return cls.model_validate(fields, context=wrapping(encoder))
 
     def get_query_embedding(self, query: str) -> Embedding:

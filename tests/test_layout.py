@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mm2d_integrations"
-FRAMEWORKS = ("langchain_core", "langchain_chroma", "langchain_text_splitters", "llama_index", "chromadb", "pydantic", "ray")
+FRAMEWORKS = ("langchain_core", "langchain_chroma", "langchain_text_splitters", "llama_index", "chromadb", "ray")
 # The folders (and the top-level adapter modules) from the bottom up: a module imports from its own tier
 # or a lower one, never from a higher one. A new folder or top-level module must be placed here.
 TIERS: tuple[tuple[str, ...], ...] = (

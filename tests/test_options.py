@@ -3,10 +3,10 @@ adapters wrap the encoder they are given."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,7 @@ def test_from_encoder_keeps_the_hub_revision(tmp_path: Path, minilm_path: Path) 
 def test_options_are_plain_data() -> None:
     options = EncoderOptions(device=torch.device("cpu"), dtype=torch.bfloat16)  # type: ignore[arg-type]
     assert (options.device, options.dtype) == ("cpu", "bfloat16")
-    assert dataclasses.asdict(options) == options.as_dict()
+    assert options.model_dump() == options.as_dict()
     assert set(options.to_config()) == set(EncoderOptions.names()) - {"trust_remote_code", "allow_pickle", "cache_folder", "show_progress"}
     assert EncoderOptions(cache_folder=Path("/tmp/models")).cache_folder == "/tmp/models"
 
@@ -139,3 +139,20 @@ def test_cache_folder_is_where_hub_ids_are_found(tmp_path: Path, minilm_path: Pa
     encoder = Matryoshka2DEncoder("owner/tiny-cached", cache_folder=tmp_path / "cache")
     assert encoder.fingerprint["weights"] == "commit:" + "c" * 40 and encoder.options.cache_folder == str(tmp_path / "cache")
     np.testing.assert_allclose(encoder.encode_documents(["x"]), Matryoshka2DEncoder(tmp_path / "tiny").encode_documents(["x"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("adapter", ["langchain", "llama_index"])
+def test_the_adapters_fields_are_written_in_source_an_editor_reads(adapter: str) -> None:
+    """Every option field of an adapter is declared in a class statement (EncoderOptions, inherited), not
+    by a class built at run time: editors and type checkers see `num_layers` on the adapter."""
+    import importlib
+    import inspect
+
+    cls = getattr(importlib.import_module(f"mm2d_integrations.{adapter}"), "Matryoshka2DEmbeddings" if adapter == "langchain" else "Matryoshka2DEmbedding")
+    assert issubclass(cls, EncoderOptions)
+    for klass in cls.__mro__:
+        declared = set(vars(klass).get("__annotations__", {}))
+        if declared & set(EncoderOptions.names()):
+            source = inspect.getsource(klass)  # OSError for a class built at run time
+            assert all(f"    {name}: " in source for name in declared & set(EncoderOptions.names()))
+    assert typing.get_type_hints(cls)["num_layers"] == int | None

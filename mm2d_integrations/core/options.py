@@ -6,97 +6,114 @@ Adding an option means one field here plus its use in the encoder.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 __all__ = ["EncoderOptions", "OptionSpec", "option_specs"]
 
+# Further command-line flags beside `--name-with-dashes`.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "num_layers": ("--layers",), "dimensions": ("--dims",), "query_num_layers": ("--query-layers",), "show_progress": ("--verbose",),
+}
+# Options a stored configuration (Chroma's) never sets when it rebuilds an encoder: those that let untrusted
+# files run code, folders of the machine that stored it, and progress bars (the caller's choice).
+NOT_RESTORED = frozenset({"cache_folder", "trust_remote_code", "allow_pickle", "show_progress"})
 
-def _option(default: Any, help: str, *, aliases: tuple[str, ...] = (), restored: bool = True) -> Any:
-    """A field with what the adapters and the command line show of it.
 
-    `aliases`: further command-line flags beside `--name-with-dashes`; `restored`: whether a stored
-    configuration (Chroma's) may set it when it rebuilds an encoder (never for options that let
-    untrusted files run code, nor for folders of the machine that stored it).
+class EncoderOptions(BaseModel):
+    """How a checkpoint is cut and run. None means: as the checkpoint says, or the best available.
+
+    A pydantic model, so that both adapters inherit these fields as they are written here (editors and
+    type checkers see them). Values are checked by the encoder, against the model's own limits
+    (`num_layers` in [1, the model's layers], ...), not here: `EncoderOptions.of` builds without
+    pydantic's coercion, so `num_layers="3"` reaches the encoder and is refused there, by name.
     """
-    return dataclasses.field(default=default, metadata={"help": help, "aliases": aliases, "restored": restored})
 
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
-@dataclass(frozen=True)
-class EncoderOptions:
-    """How a checkpoint is cut and run. None means: as the checkpoint says, or the best available."""
-
-    num_layers: int | None = _option(None, "transformer layers to keep (default: all)", aliases=("--layers",))
-    dimensions: int | None = _option(
-        None, "leading dimensions to keep, re-normalised (default: all)", aliases=("--dims",)
-    )
-    query_num_layers: int | None = _option(
+    num_layers: int | None = Field(None, description="transformer layers to keep (default: all)")
+    dimensions: int | None = Field(None, description="leading dimensions to keep, re-normalised (default: all)")
+    query_num_layers: int | None = Field(
         None,
-        "transformer layers for queries, documents keeping num_layers; only between depths that share one "
+        description="transformer layers for queries, documents keeping num_layers; only between depths that share one "
         "embedding space, such as those of a model adapted by mm2d adapt (default: num_layers)",
-        aliases=("--query-layers",),
     )
-    pooling: str | None = _option(None, "cls, mean, max, mean_sqrt_len_tokens or lasttoken (default: the model's)")
-    normalize: bool = _option(True, "L2-normalise the vectors, cut or not (off: as the checkpoint's pipeline leaves them)")
-    query_prompt: str | None = _option(None, "text put before each query (default: the model's)")
-    document_prompt: str | None = _option(None, "text put before each document (default: the model's)")
-    max_length: int | None = _option(None, "tokens per text, prompt included; longer texts are truncated (default: the model's)")
-    batch_size: int = _option(32, "texts per forward pass at most")
-    max_batch_tokens: int | None = _option(None, "padded tokens per forward pass at most (default: 128 x batch_size)")
-    device: str | None = _option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
-    dtype: str | None = _option(None, "weights in float32 (default), bfloat16 or float16")
-    compute_precision: str = _option(
-        "float32", "float32 (exact), bf16 (bfloat16 products: about 2x faster on CPUs with native bf16) or int8 (int8 linear "
-        "layers on the cpu, calibrated once per process); not an output format"
+    pooling: str | None = Field(None, description="cls, mean, max, mean_sqrt_len_tokens or lasttoken (default: the model's)")
+    normalize: bool = Field(True, description="L2-normalise the vectors, cut or not (off: as the checkpoint's pipeline leaves them)")
+    query_prompt: str | None = Field(None, description="text put before each query (default: the model's)")
+    document_prompt: str | None = Field(None, description="text put before each document (default: the model's)")
+    max_length: int | None = Field(
+        None, description="tokens per text, prompt included; longer texts are truncated (default: the model's)"
     )
-    backend: str = _option(
-        "torch", "torch, or onnx: ONNX Runtime over the cut model (exported once per model and depth, cached on disk; "
-        "the faster float32 on CPUs without bfloat16)"
+    batch_size: int = Field(32, description="texts per forward pass at most")
+    max_batch_tokens: int | None = Field(None, description="padded tokens per forward pass at most (default: 128 x batch_size)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1, mps (default: the best available)")
+    dtype: str | None = Field(None, description="weights in float32 (default), bfloat16 or float16")
+    compute_precision: str = Field(
+        "float32",
+        description="float32 (exact), bf16 (bfloat16 products: about 2x faster on CPUs with native bf16) or int8 (int8 linear "
+        "layers on the cpu, calibrated once per process); not an output format",
     )
-    revision: str | None = _option(None, "hub revision (branch, tag or commit) of a hub id")
-    cache_folder: str | None = _option(None, "folder that hub downloads are cached in (default: the Hugging Face cache)", restored=False)
-    trust_remote_code: bool = _option(False, "run the checkpoint's own Python code (auto_map)", restored=False)
-    allow_pickle: bool = _option(False, "load pickle weights (*.bin), which can run code", restored=False)
-    show_progress: bool = _option(
-        False, "show progress bars: loading the model, and encoding many texts", aliases=("--verbose",), restored=False
+    backend: str = Field(
+        "torch",
+        description="torch, or onnx: ONNX Runtime over the cut model (exported once per model and depth, cached on disk; "
+        "the faster float32 on CPUs without bfloat16)",
     )
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of a hub id")
+    cache_folder: str | None = Field(None, description="folder that hub downloads are cached in (default: the Hugging Face cache)")
+    trust_remote_code: bool = Field(False, description="run the checkpoint's own Python code (auto_map)")
+    allow_pickle: bool = Field(False, description="load pickle weights (*.bin), which can run code")
+    show_progress: bool = Field(False, description="show progress bars: loading the model, and encoding many texts")
 
-    def __post_init__(self) -> None:
-        # torch.device, torch.dtype and Path are accepted and kept as str, so options stay plain data.
-        if self.device is not None and not isinstance(self.device, str):
-            object.__setattr__(self, "device", str(self.device))
-        if self.dtype is not None and not isinstance(self.dtype, str):
-            object.__setattr__(self, "dtype", str(self.dtype).removeprefix("torch."))
-        if isinstance(self.cache_folder, os.PathLike):
-            object.__setattr__(self, "cache_folder", os.fspath(self.cache_folder))
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, data: Any) -> Any:
+        return _plain_values(data) if isinstance(data, dict) else data
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        return tuple(spec.name for spec in option_specs())
+        return tuple(EncoderOptions.model_fields)
 
     @classmethod
     def of(cls, options: EncoderOptions | None = None, /, **overrides: Any) -> EncoderOptions:
         """`options` (default: all defaults) with `overrides`; an unknown name is a TypeError listing the valid ones."""
-        unknown = sorted(set(overrides) - set(cls.names()))
+        names = EncoderOptions.names()
+        unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise TypeError(f"unknown encoder option(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
-        return dataclasses.replace(options or cls(), **overrides)
+            raise TypeError(f"unknown encoder option(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+        base = {name: getattr(options, name) for name in names} if options is not None else _DEFAULTS
+        return EncoderOptions.model_construct(**_plain_values({**base, **overrides}))
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in EncoderOptions.names()}
 
     def to_config(self) -> dict[str, Any]:
-        """The options a stored configuration keeps: every one but those that let files run code
-        (and progress bars, which are the caller's choice, not the collection's)."""
-        return {spec.name: getattr(self, spec.name) for spec in option_specs() if spec.restored}
+        """The options a stored configuration keeps: every one but `NOT_RESTORED`."""
+        return {name: getattr(self, name) for name in EncoderOptions.names() if name not in NOT_RESTORED}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> EncoderOptions:
         """The restorable options found in `config` (other keys, such as a fingerprint's, are ignored)."""
-        return cls(**{spec.name: config[spec.name] for spec in option_specs() if spec.restored and spec.name in config})
+        return EncoderOptions.of(**{name: config[name] for name in EncoderOptions.names() if name not in NOT_RESTORED and name in config})
+
+
+def _plain_values(values: dict[str, Any]) -> dict[str, Any]:
+    """torch.device, torch.dtype and Path are accepted and kept as str, so options stay plain data."""
+    plain = dict(values)
+    if plain.get("device") is not None and not isinstance(plain["device"], str):
+        plain["device"] = str(plain["device"])
+    if plain.get("dtype") is not None and not isinstance(plain["dtype"], str):
+        plain["dtype"] = str(plain["dtype"]).removeprefix("torch.")
+    if isinstance(plain.get("cache_folder"), os.PathLike):
+        plain["cache_folder"] = os.fspath(plain["cache_folder"])
+    return plain
+
+
+_DEFAULTS = EncoderOptions().as_dict()
 
 
 @dataclass(frozen=True)
@@ -117,13 +134,12 @@ class OptionSpec:
 
 
 def option_specs() -> tuple[OptionSpec, ...]:
-    hints = typing.get_type_hints(EncoderOptions)
     return tuple(
         OptionSpec(
-            field.name, hints[field.name], _kind(hints[field.name]), field.default,
-            field.metadata["help"], field.metadata["aliases"], field.metadata["restored"],
+            name, field.annotation, _kind(field.annotation), field.default, field.description or "",
+            FLAG_ALIASES.get(name, ()), name not in NOT_RESTORED,
         )
-        for field in dataclasses.fields(EncoderOptions)
+        for name, field in EncoderOptions.model_fields.items()
     )
 
 

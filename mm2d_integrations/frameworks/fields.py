@@ -1,8 +1,6 @@
-"""What both framework adapters share: one pydantic field per encoder option (derived from
-`EncoderOptions`), and how an adapter gets its encoder: built from those fields, or the very
-encoder that `from_encoder` was given.
-
-pydantic is a dependency of both frameworks, not of the core: only the adapters import this module.
+"""What both framework adapters share: the encoder options as fields (inherited from `EncoderOptions`),
+the endpoint fields, and how an adapter gets its encoder: built from those fields, or the very encoder
+that `from_encoder` was given.
 """
 
 from __future__ import annotations
@@ -10,21 +8,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationInfo, create_model
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo
 
 from mm2d_integrations.backends.remote import RemoteEncoder
 from mm2d_integrations.core.encoder import EncoderHandle, Matryoshka2DEncoder
-from mm2d_integrations.core.options import EncoderOptions, option_specs
+from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.frameworks.compat import from_sentence_transformers
 
-__all__ = ["EncoderHolder", "build_encoder", "encoder_fields_model", "from_encoder_fields", "path_to_str", "wrapping"]
+__all__ = ["EncoderFields", "build_encoder", "from_encoder_fields", "path_to_str", "wrapping"]
 
 _ENCODER = "mm2d_encoder"  # the validation context key that carries a given encoder
 _THEIR_KWARGS = ("model_kwargs", "encode_kwargs", "query_encode_kwargs")  # as HuggingFaceEmbeddings names them
 
 
-class EncoderHolder(BaseModel):
-    """What both adapters hold beside their option fields: the encoder, and the name of its space.
+class EncoderFields(EncoderOptions):
+    """What both adapters are: every encoder option as a field (same name, type, default and
+    description, inherited), the endpoint fields, the encoder, and the name of its space.
 
     The encoder is held through an `EncoderHandle`, so that an adapter pickles as its fields and the
     encoder's recipe: a process that unpickles it loads the model on first use, once.
@@ -33,6 +32,8 @@ class EncoderHolder(BaseModel):
     and `model_name` is the endpoint's model. `api_key` (default: `MXBAI_API_KEY`) goes to the remote
     encoder and the field is emptied: a secret is never pickled nor serialised.
     """
+
+    model_config = ConfigDict(frozen=False)  # the frameworks set fields of their own after construction
 
     base_url: str | None = Field(default=None, description="an embedding endpoint (mixedbread's API or mm2d serve) instead of a local model")
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False, description="the endpoint's key (default: $MXBAI_API_KEY)")
@@ -47,16 +48,6 @@ class EncoderHolder(BaseModel):
     def space_id(self) -> str:
         """The embedding space's short stable name (`Matryoshka2DEncoder.space_id`): namespace caches with it."""
         return self._encoder.space_id
-
-
-def encoder_fields_model(name: str, *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
-    """An `EncoderHolder` with a field per encoder option: same name, type, default and description."""
-    fields: dict[str, Any] = {
-        spec.name: (spec.annotation, Field(default=spec.default, description=spec.help))
-        for spec in option_specs()
-        if spec.name not in exclude
-    }
-    return create_model(name, __base__=EncoderHolder, **fields)
 
 
 def path_to_str(value: Any) -> Any:
