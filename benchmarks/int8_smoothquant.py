@@ -4,7 +4,7 @@ do), on quality (STS dev) and speed, fused (torch.compile) and not.
 
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/int8_smoothquant.py STSB_DIR
 
-The probe behind docs/performance.md, "int8"; `mm2d_integrations/backends/int8.py` is what ships.
+The probe behind docs/performance.md, "int8"; `mm2d_integrations/core/int8.py` is what ships.
 """
 
 from __future__ import annotations

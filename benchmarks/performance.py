@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions  # noqa: E402
-from mm2d_integrations.backends.onnx import OnnxModel  # noqa: E402
+from mm2d_integrations.core.onnx import OnnxModel  # noqa: E402
 from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
 from mm2d_integrations.evaluation.metrics import spearman  # noqa: E402
 from mm2d_integrations.retrieval.documents import load_folder, split_documents  # noqa: E402

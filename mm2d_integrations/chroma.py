@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mm2d_integrations.backends.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import (
     SPACE_KEYS,
@@ -39,6 +38,7 @@ from mm2d_integrations.retrieval.store_rules import (
     check_collection_name,
 )
 from mm2d_integrations.retrieval.vector_rows import VectorRows
+from mm2d_integrations.serving.remote import REMOTE_OPTIONS, RemoteEncoder, RemoteRecipe
 
 try:
     import chromadb

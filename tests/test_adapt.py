@@ -327,7 +327,7 @@ def test_per_side_heads_route_queries_and_documents(per_side: Path, tiny_base: P
 
 
 def test_per_side_heads_refuse_an_export_and_a_server(per_side: Path, tmp_path: Path) -> None:
-    from mm2d_integrations.backends.export import export_model
+    from mm2d_integrations.serving.export import export_model
 
     for format in ("sentence-transformers", "onnx"):
         with pytest.raises(ValueError, match="separate query and document exit heads at num_layers=2.*sides='shared'"):

@@ -74,7 +74,7 @@ def test_onnx_applies_exit_heads(tmp_path: Path, minilm_path: Path, sentences: l
 def test_the_graph_is_exported_once_and_then_read_from_the_cache(
     tmp_path: Path, minilm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mm2d_integrations.backends.onnx as onnx_backend
+    import mm2d_integrations.core.onnx as onnx_backend
 
     build_tiny_model(tmp_path / "model", "bert", minilm_path, pooling="mean")
     monkeypatch.setenv("MM2D_CACHE_DIR", str(tmp_path / "cache"))

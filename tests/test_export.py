@@ -10,9 +10,9 @@ import pytest
 from safetensors import safe_open
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.backends.export import export_model
-from mm2d_integrations.backends.onnx import run_graph
 from mm2d_integrations.cli import main
+from mm2d_integrations.core.onnx import run_graph
+from mm2d_integrations.serving.export import export_model
 from mm2d_integrations.training.adapt import adapt
 from tests.tiny_models import build_tiny_model
 

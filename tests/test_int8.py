@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.backends.int8 import Int8Linear, calibration_texts, quantize_linears
+from mm2d_integrations.core.int8 import Int8Linear, calibration_texts, quantize_linears
 
 
 def _min_cosine(first: np.ndarray, second: np.ndarray) -> float:
@@ -149,7 +149,7 @@ def test_kernels_compiled_for_another_cpu_capability_are_never_loaded(minilm_pat
 
 
 def test_the_kernel_cache_is_keyed_once_by_capability(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from mm2d_integrations.backends.int8 import kernel_cache_for_this_cpu
+    from mm2d_integrations.core.int8 import kernel_cache_for_this_cpu
 
     capability = torch.backends.cpu.get_cpu_capability().lower()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))

@@ -15,15 +15,15 @@ FRAMEWORKS = ("langchain_core", "langchain_chroma", "langchain_text_splitters", 
 # The folders (and the top-level adapter modules) from the bottom up: a module imports from its own tier
 # or a lower one, never from a higher one. A new folder or top-level module must be placed here.
 TIERS: tuple[tuple[str, ...], ...] = (
-    ("samples", "core", "backends"),  # the model: no framework
-    ("retrieval",),  # documents -> chunks, store rules, funnel maths, vector rows: no framework
+    ("samples", "core"),  # the model: no framework
+    ("retrieval", "serving"),  # documents -> chunks, store rules, funnel, rows; the server, remote encoder, export
     ("frameworks",),  # what the adapters share
     ("__init__", "langchain", "llama_index", "chroma", "ray"),  # the public adapters, one module per framework
-    ("serving", "training", "evaluation"),  # applications of the encoder
+    ("training", "evaluation"),  # applications of the encoder
     ("rag",),  # the sample RAG app: index a folder, answer questions
     ("cli",),  # `mm2d`
 )
-NO_FRAMEWORK = ("samples", "core", "backends")  # not even lazily
+NO_FRAMEWORK = ("samples", "core")  # not even lazily
 NO_FRAMEWORK_AT_IMPORT = ("retrieval",)  # may use one where it is needed (the text splitter), with an install hint
 
 def _module_name(path: Path) -> str:

@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from mm2d_integrations.backends.remote import RemoteEmbeddingError, RemoteEncoder
 from mm2d_integrations.chroma import EmbeddingSpaceMismatch, Matryoshka2DEmbeddingFunction, open_collection, stored_embedding_function
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.langchain import Matryoshka2DEmbeddings
 from mm2d_integrations.llama_index import Matryoshka2DEmbedding
+from mm2d_integrations.serving.remote import RemoteEmbeddingError, RemoteEncoder
 from mm2d_integrations.serving.server import create_app, serving_in_background
 
 MODEL = "minilm"

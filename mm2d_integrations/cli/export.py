@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mm2d_integrations.backends.export import EXPORT_PRECISIONS, FORMATS, export_model
 from mm2d_integrations.cli.options import add_encoder_options, options_from
 from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.serving.export import EXPORT_PRECISIONS, FORMATS, export_model
 
 __all__ = ["add_export_command"]
 

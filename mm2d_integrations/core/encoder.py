@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mm2d_integrations.backends.int8 import calibration_texts, int8_model
-from mm2d_integrations.backends.onnx import onnx_model
 from mm2d_integrations.core.checkpoint import SHARED_SPACE_DEPTHS
+from mm2d_integrations.core.int8 import calibration_texts, int8_model
 from mm2d_integrations.core.loading import LoadedModel, load_model
+from mm2d_integrations.core.onnx import onnx_model
 from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.core.pooling import check_pooling, pool
 from mm2d_integrations.core.runtime import dtype_name, resolve_backend, resolve_compute_precision, resolve_device, resolve_dtype

@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo
 
-from mm2d_integrations.backends.remote import RemoteEncoder
 from mm2d_integrations.core.encoder import EncoderHandle, Matryoshka2DEncoder
 from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.frameworks.compat import from_sentence_transformers
+from mm2d_integrations.serving.remote import RemoteEncoder
 
 __all__ = ["EncoderFields", "build_encoder", "from_encoder_fields", "path_to_str", "wrapping"]
 

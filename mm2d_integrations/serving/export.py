@@ -186,6 +186,6 @@ class Pipeline(torch.nn.Module):
 
 
 def _write_onnx(encoder: Matryoshka2DEncoder, path: Path) -> None:
-    from mm2d_integrations.backends.onnx import export_graph
+    from mm2d_integrations.core.onnx import export_graph
 
     export_graph(Pipeline(encoder), path, ["sentence_embedding", "token_embeddings"])
