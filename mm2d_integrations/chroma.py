@@ -52,7 +52,7 @@ except ImportError as error:
 __all__ = [
     "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit", "MissingIndex", "StoreUnavailable",
     "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "chroma_client", "encoder_config", "has_collection", "open_collection",
-    "open_store", "rows_folder", "stored_embedding_function", "stored_ids",
+    "open_store", "rows_folder", "stored_embedding_function", "stored_encoder", "stored_ids",
 ]
 
 FINGERPRINT_KEY = "mm2d_fingerprint"
@@ -312,11 +312,10 @@ def open_store(
     return client, open_collection(embedder, collection_name or DEFAULT_COLLECTION, client=client)
 
 
-def stored_embedding_function(
-    name: str = DEFAULT_COLLECTION, *, client: ClientAPI, query_num_layers: int | None = None
-) -> Matryoshka2DEmbeddingFunction:
-    """The embedding function a collection was built with, rebuilt (and checked) from what it recorded;
-    with queries at `query_num_layers` when given (the recorded query depth otherwise)."""
+def stored_encoder(name: str = DEFAULT_COLLECTION, *, client: ClientAPI, query_num_layers: int | None = None) -> Matryoshka2DEncoder | RemoteEncoder:
+    """The encoder a collection was built with, rebuilt from what it recorded and checked to give the
+    recorded space (the one check a collection read this way needs); with queries at `query_num_layers`
+    when given (the recorded query depth otherwise)."""
     stored = client.get_collection(name, embedding_function=None).metadata or {}
     if FINGERPRINT_KEY not in stored:
         raise EmbeddingSpaceMismatch(f"collection {name!r} was not indexed by mm2d: it records no embedding configuration")
@@ -324,7 +323,14 @@ def stored_embedding_function(
     Matryoshka2DEmbeddingFunction.validate_config(config)
     if query_num_layers is not None:
         config["query_num_layers"] = query_num_layers
-    return Matryoshka2DEmbeddingFunction(encoder=_rebuild(config))  # built now: a model that no longer matches fails here
+    return _rebuild(config)  # built now: a model that no longer matches fails here
+
+
+def stored_embedding_function(
+    name: str = DEFAULT_COLLECTION, *, client: ClientAPI, query_num_layers: int | None = None
+) -> Matryoshka2DEmbeddingFunction:
+    """`stored_encoder` as chromadb's embedding function."""
+    return Matryoshka2DEmbeddingFunction(encoder=stored_encoder(name, client=client, query_num_layers=query_num_layers))
 
 
 class Hit(NamedTuple):

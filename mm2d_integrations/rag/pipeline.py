@@ -11,7 +11,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from mm2d_integrations.chroma import FunnelIndex, chroma_client, has_collection, open_collection, stored_embedding_function
+from mm2d_integrations.chroma import FunnelIndex, chroma_client, has_collection, open_collection, stored_encoder
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.options import EncoderOptions
@@ -21,6 +21,7 @@ from mm2d_integrations.rag.indexer import DocumentsInput, IndexReport, exactly_b
 from mm2d_integrations.retrieval.documents import Chunking
 from mm2d_integrations.retrieval.funnel import Funnel
 from mm2d_integrations.retrieval.store_rules import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, IndexBusy, MissingIndex, check_collection_name
+from mm2d_integrations.serving.remote import RemoteEncoder
 
 __all__ = ["Store", "ask", "index", "make_generator", "writing"]
 
@@ -78,16 +79,23 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(path, timeout=0)
 
-    def encoder_for(self, client: Any, *, from_collection: bool) -> Matryoshka2DEncoder:
-        """The given encoder, else the one `model` and `options` describe; with `from_collection` (an
-        existing collection, as `existing_client` ensures) and none of model, num_layers or dimensions
-        named, the one the collection was indexed with (queries at `options.query_num_layers` when given)."""
-        if self.encoder is not None:
-            return self.encoder
-        named = self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
-        if from_collection and not named:
-            return stored_embedding_function(self.collection, client=client, query_num_layers=self.options.query_num_layers).encoder
-        return Matryoshka2DEncoder(self.model or default_model(), self.options)
+    def resolved_encoder(self) -> Matryoshka2DEncoder:
+        """The given encoder, else the one `model` and `options` describe."""
+        return self.encoder or Matryoshka2DEncoder(self.model or default_model(), self.options)
+
+    def open_for_queries(self) -> tuple[Any, Matryoshka2DEncoder | RemoteEncoder, Any]:
+        """The client, the encoder to query with, and the collection, its space checked once: the given
+        encoder (or the one `model` and `options` name) against the space the collection records, or, with
+        none of model, num_layers or dimensions named, the encoder the collection records, rebuilt and
+        checked to still give it (queries at `options.query_num_layers` when given). Nothing is created:
+        a missing store or collection is a `MissingIndex`."""
+        client = self.existing_client()
+        named = self.encoder is not None or self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
+        if named:
+            encoder = self.resolved_encoder()
+            return client, encoder, open_collection(encoder, self.collection, client=client, create=False)
+        encoder = stored_encoder(self.collection, client=client, query_num_layers=self.options.query_num_layers)
+        return client, encoder, client.get_collection(self.collection)
 
 
 def index(
@@ -121,7 +129,7 @@ def writing(store: Store) -> Iterator[tuple[Matryoshka2DEncoder, Any]]:
         raise IndexBusy(f"another indexing run is writing to {store.location} (lock {lock.lock_file}); let it finish") from None
     try:
         client = store.client()
-        encoder = store.encoder_for(client, from_collection=False)
+        encoder = store.resolved_encoder()
         if store.shortlist_dims is None:
             yield encoder, open_collection(encoder, store.collection, client=client)
         else:
@@ -158,26 +166,29 @@ def ask(
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
-    client = store.existing_client()
-    encoder = store.encoder_for(client, from_collection=True)
+    client, encoder, collection = store.open_for_queries()
     chosen = make_generator(generator, encoder, framework) if isinstance(generator, str) else generator
     if funnel is not None:
         funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False)
         return _ask_funnel(question, funnel_index, framework, chosen, k, funnel.shortlist_factor)
     if framework == "langchain":
-        from mm2d_integrations.langchain import Matryoshka2DEmbeddings, chroma_vector_store
+        from langchain_chroma import Chroma
+
+        from mm2d_integrations.langchain import Matryoshka2DEmbeddings
         from mm2d_integrations.rag.langchain_chain import build_rag_chain
 
-        vector_store = chroma_vector_store(Matryoshka2DEmbeddings.from_encoder(encoder), store.collection, client=client)
+        vector_store = Chroma(
+            client=client, collection_name=collection.name, embedding_function=Matryoshka2DEmbeddings.from_encoder(encoder),
+            create_collection_if_not_exists=False,
+        )
         return build_rag_chain(vector_store.as_retriever(search_kwargs={"k": k}), chosen).invoke(question)
     from llama_index.core import VectorStoreIndex
+    from llama_index.vector_stores.chroma import ChromaVectorStore
 
     from mm2d_integrations.llama_index import Matryoshka2DEmbedding
-    from mm2d_integrations.llama_index import chroma_vector_store as llama_store
     from mm2d_integrations.rag.llama_index_engine import build_query_engine, to_answer
 
-    embedding = Matryoshka2DEmbedding.from_encoder(encoder)
-    vector_index = VectorStoreIndex.from_vector_store(llama_store(embedding, store.collection, client=client), embed_model=embedding)
+    vector_index = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=Matryoshka2DEmbedding.from_encoder(encoder))
     return to_answer(build_query_engine(vector_index, chosen, similarity_top_k=k).query(question))
 
 
