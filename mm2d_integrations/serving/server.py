@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import hmac
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -53,6 +55,7 @@ _FORMATS = ("float", "base64")
 _OPEN_PATHS = frozenset({"/health"})  # answered without the key
 _UNREAD = {"Connection": "close"}  # a refusal before the body is read: the connection ends, the rest of the body is never read
 _LOGGER = logging.getLogger(__name__)
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" and hasattr(ctypes.CDLL(None), "malloc_trim") else None  # glibc's, not musl's
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -157,6 +160,7 @@ class _Batcher:
         self.encoder, self.limits, self.metrics = encoder, limits, metrics
         self.waiting: deque[_Job] = deque()  # jobs with texts not yet handed to the model, in turn order
         self._wake = asyncio.Event()
+        self._trimmed = True  # whether the heap was trimmed since the last batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mm2d-serve")  # one forward pass at a time
 
     def submit(self, job: _Job) -> None:
@@ -179,6 +183,7 @@ class _Batcher:
             if not batch:
                 continue
             self.metrics.batch_texts.observe(sum(end - start for _, start, end in batch))
+            self._trimmed = False
             outcomes = await loop.run_in_executor(self._executor, self._encode, batch)
             for (job, _, end), outcome in zip(batch, outcomes):
                 if job.done.done():  # its client hung up meanwhile
@@ -200,10 +205,18 @@ class _Batcher:
         return bool(self.waiting)
 
     async def _gather(self) -> None:
-        """Until a job waits, and then until `max_wait_ms` after the oldest one came or `max_batch_texts` wait."""
+        """Until a job waits, and then until `max_wait_ms` after the oldest one came or `max_batch_texts` wait.
+        Idle for a second after work, the C heap's free pages go back to the system."""
         while not self._drop_gone():
             self._wake.clear()
-            await self._wake.wait()
+            if self._trimmed:
+                await self._wake.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                await asyncio.get_running_loop().run_in_executor(self._executor, _release_free_memory)
+                self._trimmed = True
         deadline = min(job.admitted for job in self.waiting) + self.limits.max_wait_ms / 1000
         while sum(len(job.texts) - job.scheduled for job in self.waiting) < self.limits.max_batch_texts:
             remaining = deadline - time.monotonic()
@@ -268,6 +281,13 @@ class _Batcher:
             offset = following
         self.metrics.texts.inc(len(texts))
         return results
+
+
+def _release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system: glibc keeps them otherwise, and the RSS of a
+    server that once parsed and encoded a large request would stay where that request left it."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class _Gate:
