@@ -38,19 +38,22 @@ from mm2d_integrations.evaluation.datasets import read_sts  # noqa: E402
 MODEL = "minilm"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _start_server(port: int, cores: set[int] | None) -> subprocess.Popen:
+def start_server(port: int, cores: set[int] | None, api_key: str | None = None, arguments: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`mm2d serve` (the packaged model) on `port`, pinned to `cores`, with more `arguments`, once its /health answers."""
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     if cores:
         environment["OMP_NUM_THREADS"] = str(len(cores))
+    if api_key:
+        environment["MM2D_API_KEY"] = api_key
     server = subprocess.Popen(
         [sys.executable, "-m", "mm2d_integrations.cli", "serve", "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
-         "--max-queue", "1024"],
+         "--max-queue", "1024", *arguments],
         env=environment, preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
     import httpx  # the health probe only; requests go through the SDK
@@ -66,6 +69,14 @@ def _start_server(port: int, cores: set[int] | None) -> subprocess.Popen:
             raise SystemExit("the server stopped while starting")
     server.kill()
     raise SystemExit("the server did not start within 300 s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 def _batch_totals(base_url: str) -> tuple[float, float]:
@@ -157,8 +168,8 @@ def main() -> None:
     if client_cores:
         os.sched_setaffinity(0, client_cores)
 
-    port = _free_port()
-    server = _start_server(port, server_cores)
+    port = free_port()
+    server = start_server(port, server_cores)
     try:
         base_url = f"http://127.0.0.1:{port}"
         asyncio.run(_load(base_url, texts, 1, 2.0, 50))  # warm up the server
@@ -171,11 +182,7 @@ def main() -> None:
             batched, batches = (after - before for after, before in zip(_batch_totals(base_url), batches_before))
             concurrent[-1]["mean_batch"] = batched / max(batches, 1)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
     where = f"pinned to cores {sorted(server_cores)}, clients on {sorted(client_cores)}" if server_cores else "no pinning"
     rates = ", ".join(f"in calls of {size} texts {rate:.0f} texts/s" for size, rate in batch_rates.items())

@@ -105,6 +105,9 @@ def test_langchain_and_llama_index_openai_classes_work_unchanged(url: str, encod
         ({"model": MODEL, "input": ["x" * 201]}, 413, "max_chars_per_text=200"),
         ({"model": "other", "input": "x"}, 404, "'minilm'"),
         ({"input": "x"}, 422, "model"),
+        ({"model": MODEL, "input": ["x" * 150], "prompt": "p" * 51}, 413, "with its prompt of 51 exceeds max_chars_per_text=200"),
+        ({"model": MODEL, "input": "x", "encoding_format": []}, 422, "encoding_format"),
+        ({"model": "m" * 1000, "input": "x"}, 422, "model: String should have at most 512 characters"),
     ],
 )
 def test_bad_requests_get_a_4xx_that_says_why_and_the_server_keeps_serving(url: str, body: dict, status: int, names: str) -> None:
@@ -123,10 +126,12 @@ def test_malformed_json_gets_a_4xx_and_the_server_keeps_serving(url: str) -> Non
 
 
 def test_health_and_prometheus_metrics(url: str) -> None:
-    assert httpx.get(url + "/health").json() == {"status": "ok", "model": MODEL, "num_layers": 4, "dimensions": 384}
+    assert httpx.get(url + "/health").json() == {"status": "ok", "num_layers": 4, "dimensions": 384}
     httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": ["a", "b"]})
     families = {family.name: family for family in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
-    assert {"mm2d_requests", "mm2d_batch_texts", "mm2d_request_seconds", "mm2d_queue_depth", "mm2d_texts"} <= set(families)
+    expected = {"mm2d_requests", "mm2d_batch_texts", "mm2d_request_seconds", "mm2d_queue_depth", "mm2d_texts", "mm2d_disconnects"}
+    assert expected | {"process_resident_memory_bytes"} <= set(families)
+    assert families["process_resident_memory_bytes"].samples[0].value > 50e6  # the model's weights at least
     served = {sample.labels.get("status"): sample.value for sample in families["mm2d_requests"].samples if sample.name.endswith("_total")}
     assert served["200"] >= 1
 
@@ -155,27 +160,45 @@ def test_binding_beyond_loopback_needs_an_api_key(capsys: pytest.CaptureFixture[
 
 
 class _Gated:
-    """The encoder, whose forward passes wait until the test opens the gate: requests pile up meanwhile."""
+    """The real encoder, whose forward passes wait until the test opens the gate (requests pile up
+    meanwhile); it records the texts of each pass, and fails a pass that holds a text containing `fails_on`
+    (as a text that a misconfigured model cannot take does)."""
 
-    def __init__(self, encoder: Matryoshka2DEncoder) -> None:
-        self._encoder, self.started, self.gate = encoder, threading.Event(), threading.Event()
+    def __init__(self, encoder: Matryoshka2DEncoder, fails_on: str | None = None) -> None:
+        self._encoder, self.started, self.gate, self.fails_on = encoder, threading.Event(), threading.Event(), fails_on
+        self.passes: list[list[str]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._encoder, name)
 
-    def encode_layerwise(self, *args: Any, **kwargs: Any) -> dict[int, np.ndarray]:
+    def encode_layerwise(self, texts: list[str], *args: Any, **kwargs: Any) -> dict[int, np.ndarray]:
         self.started.set()
         assert self.gate.wait(timeout=60)
-        return self._encoder.encode_layerwise(*args, **kwargs)
+        self.passes.append(list(texts))
+        if self.fails_on is not None and any(self.fails_on in text for text in texts):
+            raise RuntimeError("The expanded size of the tensor (602) must match the existing size (512)")
+        return self._encoder.encode_layerwise(texts, *args, **kwargs)
+
+
+def _metric(base: str, name: str, labels: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> float:
+    """A sample's value from /metrics (0 where it is not there yet)."""
+    for family in text_string_to_metric_families(httpx.get(base + "/metrics", headers=headers).text):
+        for sample in family.samples:
+            if sample.name == name and (labels is None or sample.labels == labels):
+                return sample.value
+    return 0.0
+
+
+def _wait_for(base: str, name: str, value: float) -> None:
+    for _ in range(500):
+        if _metric(base, name) >= value:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{name} never reached {value}")
 
 
 def _wait_for_queue(base: str, depth: int) -> None:
-    for _ in range(500):
-        families = {family.name: family for family in text_string_to_metric_families(httpx.get(base + "/metrics").text)}
-        if families["mm2d_queue_depth"].samples[0].value >= depth:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"the queue never held {depth} requests")
+    _wait_for(base, "mm2d_queue_depth", depth)
 
 
 def test_queued_requests_are_encoded_together_and_a_full_queue_answers_503(encoder: Matryoshka2DEncoder) -> None:
@@ -216,10 +239,128 @@ def test_mm2d_serve_serves_the_cut_it_was_given(minilm_path: Path) -> None:
                     break
             assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
             threading.Event().wait(0.1)
-        assert httpx.get(base + "/health").json() == {"status": "ok", "model": MODEL, "num_layers": 2, "dimensions": 64}
+        assert httpx.get(base + "/health").json() == {"status": "ok", "num_layers": 2, "dimensions": 64}
         response = mixedbread.Mixedbread(base_url=base, api_key="k", max_retries=0).embed(model=MODEL, input=TEXTS)
         local = Matryoshka2DEncoder(minilm_path, num_layers=2, dimensions=64).encode_documents(TEXTS)
         assert _cosines([item.embedding for item in response.data], local).min() >= 0.99999
     finally:
         server.terminate()  # uvicorn shuts down on SIGTERM
         assert server.wait(timeout=30) is not None
+
+
+def _raw(base: str, request: bytes, timeout: float = 10) -> bytes:
+    """What the server answers to `request` sent as it is (no client would send it), read until it closes
+    or `timeout` passes; the socket raises TimeoutError where the server is still waiting for the body."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+def _post_head(length: int | None, key: str | None = None) -> bytes:
+    """The head of a POST to /v1/embeddings announcing `length` bytes (None: chunked)."""
+    lines = ["POST /v1/embeddings HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    if key is not None:
+        lines.append(f"Authorization: Bearer {key}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_the_key_is_checked_before_the_body_is_read_and_guards_the_docs(encoder: Matryoshka2DEncoder, minilm_path: Path) -> None:
+    with serving_in_background(create_app(encoder, api_key="s3cret")) as base:
+        # 300 MB announced, 1 byte sent: the 401 comes without waiting for the rest
+        assert _raw(base, _post_head(300_000_000) + b"{").startswith(b"HTTP/1.1 401")
+        malformed = httpx.post(base + "/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"})
+        assert malformed.status_code == 401 and "API key" in malformed.json()["error"]["message"]
+        for path in ("/docs", "/openapi.json", "/redoc", "/v1/models", "/no/such/path"):
+            assert httpx.get(base + path).status_code == 401, path
+            assert httpx.get(base + path, headers={"Authorization": "Bearer s3cret"}).status_code == (404 if "such" in path else 200), path
+        health = httpx.get(base + "/health")  # open, and says nothing of where the model lies
+        assert health.status_code == 200 and str(minilm_path) not in health.text and "model" not in health.json()
+        assert _metric(base, "mm2d_requests_total", {"status": "401"}, {"Authorization": "Bearer s3cret"}) == 7
+
+
+def test_a_body_over_max_body_bytes_gets_413_before_it_is_parsed(url: str) -> None:
+    limit = ServerLimits(max_texts_per_request=8, max_chars_per_text=200).max_body_bytes
+    assert limit == 9 * 200 * 6 + 65536  # what the text limits allow, each character as a JSON escape
+    announced = _raw(url, _post_head(300_000_000) + b"{")  # announced: refused before a byte more is read
+    assert announced.startswith(b"HTTP/1.1 413") and f"max_body_bytes={limit}".encode() in announced
+    chunk = b"x" * 16384  # streamed without a length: refused once the bytes pass the limit, before the body ends
+    streamed = _raw(url, _post_head(None) + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // len(chunk) + 1)))
+    assert streamed.startswith(b"HTTP/1.1 413") and b"max_body_bytes" in streamed
+    assert httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": "still here"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "names"),
+    [
+        ("POST", "/v1/embeddings", b'{"model": "minilm", "input": "caf\xe9"}', 400, "UnicodeDecodeError"),
+        ("POST", "/v1/embeddings", b"[" * 30_000 + b"]" * 30_000, 400, "RecursionError"),
+        ("GET", "/v1/embeddings", b"", 405, "Method Not Allowed"),
+        ("GET", "/v2/nothing", b"", 404, "Not Found"),
+    ],
+)
+def test_what_fastapi_refuses_gets_the_api_error_shape_and_is_counted(
+    url: str, method: str, path: str, content: bytes, status: int, names: str
+) -> None:
+    before = _metric(url, "mm2d_requests_total", {"status": str(status)})
+    response = httpx.request(method, url + path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status and names in response.json()["error"]["message"]
+    assert _metric(url, "mm2d_requests_total", {"status": str(status)}) == before + 1
+    assert httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": "still here"}).status_code == 200
+
+
+def test_the_work_of_a_client_that_hung_up_never_reaches_the_model(encoder: Matryoshka2DEncoder) -> None:
+    gated = _Gated(encoder)
+    with serving_in_background(create_app(gated, model_name=MODEL)) as base, ThreadPoolExecutor(1) as pool:  # type: ignore[arg-type]
+        first = pool.submit(httpx.post, base + "/v1/embeddings", json={"model": MODEL, "input": ["first"]}, timeout=60)
+        assert gated.started.wait(timeout=30)  # the worker is busy with the first request
+        with pytest.raises(httpx.ReadTimeout):  # this client gives up after 0.5 s and closes its connection
+            httpx.post(base + "/v1/embeddings", json={"model": MODEL, "input": ["gone 1", "gone 2"]}, timeout=0.5)
+        _wait_for(base, "mm2d_disconnects_total", 1)
+        gated.gate.set()
+        assert first.result().status_code == 200
+        assert httpx.post(base + "/v1/embeddings", json={"model": MODEL, "input": "after"}).status_code == 200
+        assert gated.passes == [["first"], ["after"]]
+        assert (_metric(base, "mm2d_texts_total"), _metric(base, "mm2d_disconnects_total")) == (2, 1)
+        assert _metric(base, "mm2d_requests_total", {"status": "200"}) == 2 + 3  # the two answered, and three /metrics reads
+
+
+def test_a_large_request_is_split_into_batches_that_interleave_with_others(minilm_path: Path) -> None:
+    """Batches of at most 512 tokens (the encoder's max_batch_tokens): two long texts each; a one-text
+    request that comes while the first batch runs is in the second, before the long request ends."""
+    gated = _Gated(Matryoshka2DEncoder(minilm_path, num_layers=4, max_batch_tokens=512))
+    long_texts = [f"{index} " + "many words in a long text " * 20 for index in range(6)]  # 530 bytes: max_length=256 tokens each
+    with serving_in_background(create_app(gated, model_name=MODEL)) as base, ThreadPoolExecutor(2) as pool:  # type: ignore[arg-type]
+        post = lambda texts: httpx.post(base + "/v1/embeddings", json={"model": MODEL, "input": texts}, timeout=60)  # noqa: E731
+        large = pool.submit(post, long_texts)
+        assert gated.started.wait(timeout=30)
+        small = pool.submit(post, ["a short one"])
+        _wait_for_queue(base, 2)  # the rest of the large request, and the small one
+        gated.gate.set()
+        assert small.result().status_code == large.result().status_code == 200
+    assert gated.passes == [long_texts[0:2], [long_texts[2], "a short one"], long_texts[3:5], long_texts[5:6]]
+    vectors = [item["embedding"] for item in large.result().json()["data"]]
+    assert _cosines(vectors, gated._encoder.encode_documents(long_texts)).min() >= 0.99999
+
+
+def test_a_text_that_fails_fails_only_its_own_request_with_a_json_error(encoder: Matryoshka2DEncoder) -> None:
+    gated = _Gated(encoder, fails_on="POISON")
+    with serving_in_background(create_app(gated, model_name=MODEL)) as base, ThreadPoolExecutor(3) as pool:  # type: ignore[arg-type]
+        post = lambda texts: httpx.post(base + "/v1/embeddings", json={"model": MODEL, "input": texts}, timeout=60)  # noqa: E731
+        first = pool.submit(post, ["first"])
+        assert gated.started.wait(timeout=30)
+        poisoned, healthy = pool.submit(post, ["fine", "a POISON text"]), pool.submit(post, ["a cat", "a dog"])
+        _wait_for_queue(base, 2)
+        gated.gate.set()
+        assert first.result().status_code == 200
+        failed = poisoned.result()
+        assert failed.status_code == 500 and "RuntimeError: The expanded size" in failed.json()["error"]["message"]
+        assert healthy.result().status_code == 200
+        vectors = [item["embedding"] for item in healthy.result().json()["data"]]
+        assert _cosines(vectors, encoder.encode_documents(["a cat", "a dog"])).min() >= 0.99999
+        assert post(["still here"]).status_code == 200
+        assert _metric(base, "mm2d_requests_total", {"status": "500"}) == 1

@@ -29,6 +29,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-queue", type=int, default=256, help="requests waiting at most; more are answered 503")
     limits.add_argument("--max-batch-texts", type=int, default=256, help="texts encoded together at most")
     limits.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    limits.add_argument("--max-body-bytes", type=int, default=None, help="bytes of a request body at most (default: what the text limits allow)")
     parser.set_defaults(run=_run)
 
 
@@ -38,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
 
     check_bind(args.host, args.api_key)  # before the model loads
     limits = ServerLimits(
-        args.max_texts_per_request, args.max_chars_per_text, args.max_queue, args.max_batch_texts, args.max_wait_ms
+        args.max_texts_per_request, args.max_chars_per_text, args.max_queue, args.max_batch_texts, args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
     )
     encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))
     print(f"mm2d: serving {encoder} as {args.served_model_name or encoder.model_name!r} on http://{args.host}:{args.port}/v1/embeddings", flush=True)
