@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -44,7 +44,7 @@ try:
     import chromadb
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+    from chromadb.api.types import Documents, Embeddable, EmbeddingFunction, Embeddings, Space
     from chromadb.utils.embedding_functions import register_embedding_function
 except ImportError as error:
     raise ImportError(install_hint("chromadb", "chroma")) from error
@@ -274,7 +274,7 @@ def open_collection(
     current = function.get_config()
     collection = client.get_or_create_collection(
         name,
-        embedding_function=function,
+        embedding_function=cast("EmbeddingFunction[Embeddable]", function),  # chromadb's type rejects a text-only function
         metadata={FINGERPRINT_KEY: json.dumps(current, sort_keys=True)},
         configuration={"hnsw": {"space": "cosine"}},
     )
@@ -393,7 +393,7 @@ class FunnelIndex:
         self,
         ids: Sequence[str],
         documents: Sequence[str],
-        metadatas: Sequence[dict[str, Any]] | None = None,
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
         vectors: np.ndarray | None = None,
     ) -> None:
         """Embed `documents` once (unless their full `vectors` are given); write the full vectors, their
@@ -419,16 +419,18 @@ class FunnelIndex:
         """The ids each part holds: the full collection, the rows (when kept), the shortlist collection."""
         return [stored_ids(self.full), *([self.rows.ids()] if self.rows is not None else []), stored_ids(self.short)]
 
-    def restore_from_full(self, held: list[set[str]], wanted: Collection[str] | None = None) -> set[str]:
+    def restore_from_full(self, held: list[set[str]], wanted: Iterable[str] | None = None) -> set[str]:
         """Give the rows and the shortlist the chunks (those `wanted`, default all) that the full collection
         holds and they lack (an index made before the rows were kept, a run stopped between parts), from
         the full collection's own vectors, so that nothing is embedded again. `held`: `held_ids()`, read
         once by the caller. Returns the ids restored."""
         full, *parts = held
-        lacking = sorted((full - set.intersection(*parts)) & (full if wanted is None else set(wanted)))
+        lacking = sorted((full - parts[0].intersection(*parts[1:])) & (full if wanted is None else set(wanted)))
         for start in range(0, len(lacking), 1000):
             stored = self.full.get(ids=lacking[start : start + 1000], include=["embeddings", "documents", "metadatas"])
-            self.upsert(stored["ids"], stored["documents"], stored["metadatas"], np.asarray(stored["embeddings"], dtype=np.float32))
+            documents, metadatas = stored["documents"], stored["metadatas"]
+            assert documents is not None and metadatas is not None, "included"
+            self.upsert(stored["ids"], documents, metadatas, np.asarray(stored["embeddings"], dtype=np.float32))
         return set(lacking)
 
     def check_complete(self) -> None:
@@ -472,11 +474,13 @@ class FunnelIndex:
 
     def records(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Text and metadata of those of `ids` that are held: from the rows, else from the full collection."""
-        found = self.rows.records(ids) if self.rows is not None else {}
+        # `upsert` writes every chunk with its text and a dict of metadata (the rows and chromadb type them Optional, Mapping).
+        found = cast("dict[str, tuple[str, dict[str, Any]]]", self.rows.records(ids)) if self.rows is not None else {}
         lacking = [key for key in ids if key not in found]
         if lacking:
             records = self.full.get(ids=lacking, include=["documents", "metadatas"])
-            found.update((key, (text, metadata or {})) for key, text, metadata in zip(records["ids"], records["documents"], records["metadatas"]))
+            texts, metadatas = cast("list[str]", records["documents"]), cast("list[dict[str, Any] | None]", records["metadatas"])
+            found.update((key, (text, metadata or {})) for key, text, metadata in zip(records["ids"], texts, metadatas))
         return found
 
     def _check_filterable(self) -> None:
@@ -484,7 +488,7 @@ class FunnelIndex:
         if self._filters_checked:
             return
         sample = self.short.get(limit=1, include=["metadatas"])
-        if sample["ids"] and not sample["metadatas"][0]:
+        if sample["ids"] and not (sample["metadatas"] and sample["metadatas"][0]):
             full = self.full.get(ids=sample["ids"], include=["metadatas"])["metadatas"]
             if full and full[0]:
                 raise ValueError(

@@ -151,9 +151,9 @@ def connected(address: str = LOCAL, *, show_progress: bool = False) -> Iterator[
     if ray.is_initialized():
         yield
         return
-    local = {"include_dashboard": False} if address == LOCAL else {}
+    dashboard = False if address == LOCAL else None  # None is Ray's default: as if not given
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=show_progress, **local)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=show_progress, include_dashboard=dashboard)
     except ConnectionError as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ClusterUnavailable(f"no Ray cluster answers at {address} ({reason})") from None

@@ -4,6 +4,7 @@ what it exports, and optional dependencies fail with an install hint rather than
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -145,4 +146,12 @@ def test_ruff_passes() -> None:
     if not ruff.exists():
         pytest.skip("ruff is not installed (it comes with the dev extra)")
     result = subprocess.run([str(ruff), "check", str(PACKAGE.parent)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_passes() -> None:
+    """The package type-checks under pyproject.toml's [tool.mypy]: the public modules with the strict flags."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed (it comes with the dev extra)")
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

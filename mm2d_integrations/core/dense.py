@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file
@@ -43,14 +44,18 @@ class DenseModule(torch.nn.Module):
 class DenseStack(torch.nn.Sequential):
     """The checkpoint's Dense modules in order (none for most models)."""
 
+    def dense_modules(self) -> list[DenseModule]:
+        """The modules, typed (`read_dense_stack` puts only DenseModules in the stack)."""
+        return [cast(DenseModule, module) for module in self]
+
     @property
     def out_features(self) -> int | None:
-        return self[-1].linear.out_features if len(self) else None
+        return self.dense_modules()[-1].linear.out_features if len(self) else None
 
     def weights_id(self) -> str:
         """A hash of the modules' tensors and activations: part of the embedding space's weights id."""
         digest = hashlib.sha256()
-        for module in self:
+        for module in self.dense_modules():
             digest.update(type(module.activation).__name__.encode() + bytes([module.use_residual]))
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())

@@ -72,10 +72,9 @@ def token_budget_batches(lengths: Sequence[int], max_texts: int, max_tokens: int
     batches: list[list[int]] = []
     for index in order:
         current = batches[-1] if batches else None
-        fits = current is not None and len(current) < max_texts and (
+        if current is not None and len(current) < max_texts and (
             max_tokens is None or (len(current) + 1) * lengths[current[0]] <= max_tokens
-        )
-        if fits:
+        ):
             current.append(index)
         else:
             batches.append([index])
@@ -165,6 +164,7 @@ class Matryoshka2DEncoder:
         # sentence-transformers' Pooling include_prompt=False: the prompt's tokens are attended to but not pooled.
         self.include_prompt = settings.include_prompt is not False
         self._prompt_lengths: dict[str, int] = {}
+        assert settings.max_length is not None, "loading fills in the model's own limit"
         self.max_length = (
             check_int_in_range("max_length", given.max_length, 1, 1 << 20)
             if given.max_length is not None
@@ -375,7 +375,8 @@ class Matryoshka2DEncoder:
         if not texts:
             return []
         with self._loaded.tokenizer_lock:  # fast tokenizers are not safe to share across threads
-            return self._loaded.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)["input_ids"]
+            ids: list[list[int]] = self._loaded.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)["input_ids"]
+        return ids
 
     def token_count(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text alone (no prompt, no special tokens, never truncated), counted with this
@@ -405,7 +406,8 @@ class Matryoshka2DEncoder:
     @torch.inference_mode()
     def _dense(self, pooled: np.ndarray) -> np.ndarray:
         """The checkpoint's Dense modules applied to pooled vectors (after any exit head)."""
-        return self._loaded.dense(torch.from_numpy(pooled).to(self.device)).float().cpu().numpy()
+        mapped: torch.Tensor = self._loaded.dense(torch.from_numpy(pooled).to(self.device))  # Module.__call__ is typed Any
+        return mapped.float().cpu().numpy()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.compute_precision == "bf16":
@@ -517,7 +519,8 @@ class EncoderHandle:
         """`encoder`: a `Matryoshka2DEncoder` or a `remote.RemoteEncoder`; `recipe`: what rebuilds one (their `recipe`)."""
         if (encoder is None) == (recipe is None):
             raise ValueError("give an encoder or a recipe")
-        self._encoder, self._recipe = encoder, recipe
+        self._encoder: Matryoshka2DEncoder | None = encoder
+        self._recipe: EncoderRecipe | None = recipe
 
     def get(self) -> Matryoshka2DEncoder:
         if self._encoder is None:
@@ -541,7 +544,7 @@ class EncoderHandle:
         return {"recipe": self.recipe}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(recipe=state["recipe"])  # type: ignore[misc]
+        self.__init__(recipe=state["recipe"])  # type: ignore[misc]  # unpickling: the same checks as a new handle
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EncoderHandle:
         return self  # an encoder never changes: copies of an adapter share it

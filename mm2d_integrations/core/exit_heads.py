@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save
@@ -37,6 +37,12 @@ KINDS = ("linear", "lowrank", "mlp")
 
 class ExitHead(torch.nn.Module):
     """Standardise the pooled vector, then a linear map, a low-rank map, or a linear map plus an MLP."""
+
+    # Declared for type checkers: torch types what a module registers as `Tensor | Module`.
+    mean: torch.Tensor  # buffers
+    scale: torch.Tensor
+    linear: torch.nn.Linear | torch.nn.Sequential  # a low-rank head's two factors in a Sequential
+    mlp: torch.nn.Sequential
 
     def __init__(self, kind: str, width: int, inner: int = 0) -> None:
         super().__init__()
@@ -58,6 +64,10 @@ class ExitHead(torch.nn.Module):
         standard = (pooled - self.mean) / self.scale
         mapped = self.linear(standard)
         return mapped + self.mlp(standard) if self.kind == "mlp" else mapped
+
+    def linear_layers(self) -> list[torch.nn.Linear]:
+        """The linear map as its layers, applied in order: the one map, or a low-rank head's two factors."""
+        return [cast(torch.nn.Linear, layer) for layer in self.linear] if isinstance(self.linear, torch.nn.Sequential) else [self.linear]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "inner": self.inner}

@@ -180,7 +180,7 @@ def quantize_linears(layers: torch.nn.Module, calibrate: Callable[[], Any]) -> N
         def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
             inputs_seen[name].append((x.data_ptr(), *x.shape, *x.stride()))
-            absmax[name] = torch.maximum(absmax[name], x.abs().reshape(-1, module.in_features).amax(0).float())
+            absmax[name] = torch.maximum(absmax[name], x.abs().reshape(-1, linears[name].in_features).amax(0).float())
         return record
 
     hooks = [module.register_forward_hook(recorder(name)) for name, module in linears.items()]
@@ -230,12 +230,12 @@ def int8_model(loaded: LoadedModel, calibrate: Callable[[LoadedModel], Any]) -> 
     """`loaded` with a quantised copy of its transformer (made on first use, then shared by every encoder
     of this process); `calibrate(copy)` runs the copy, still in float32, over calibration text."""
     with _lock:
-        quantized = loaded.sessions.get("int8")
+        quantized: LoadedModel | None = loaded.sessions.get("int8")
     if quantized is None:
         if loaded.model.device.type != "cpu" or loaded.model.dtype != torch.float32:
             raise ValueError("compute_precision='int8' runs on the cpu with float32 weights (device='cpu', dtype='float32')")
-        quantized = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model), _views={}, sessions={})
-        quantize_linears(quantized.layers, lambda: calibrate(quantized))
+        copied = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model), _views={}, sessions={})
+        quantize_linears(copied.layers, lambda: calibrate(copied))
         with _lock:
-            quantized = loaded.sessions.setdefault("int8", quantized)
+            quantized = loaded.sessions.setdefault("int8", copied)
     return quantized

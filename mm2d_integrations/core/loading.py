@@ -90,6 +90,7 @@ def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int) -> PreTr
     for attribute in stack.layers_path[:-1]:
         parent._modules = dict(parent._modules)  # the copy's own children, so replacing one leaves the model as it is
         child = copy.copy(parent._modules[attribute])
+        assert child is not None, f"{attribute!r} is a module on the way to the layers"
         parent._modules[attribute] = child
         parent = child
     parent._modules = dict(parent._modules)
@@ -175,7 +176,7 @@ def load_model(
             loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress, depth_argument)
             _cache[key] = loaded
             if num_layers is None:
-                _cache[(*key[:3], loaded.num_layers, *key[4:])] = loaded
+                _cache[key[:3] + (loaded.num_layers,) + key[4:]] = loaded
         return loaded
 
 

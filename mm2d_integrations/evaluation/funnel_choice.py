@@ -9,7 +9,7 @@ that one in Chroma.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,7 +120,7 @@ def choose_funnel(
     full_queries, full_documents = truncate_dimensions(queries, dimensions), truncate_dimensions(documents, dimensions)
     judged = [dataset.qrels[query_id] for query_id in dataset.query_ids]
 
-    def ndcg(found: Sequence[np.ndarray]) -> float:
+    def ndcg(found: Iterable[np.ndarray]) -> float:
         rankings = ([dataset.corpus_ids[index] for index in row] for row in found)
         return 100 * float(np.mean([ndcg_at_k(ranked, qrels, FUNNEL_K) for ranked, qrels in zip(rankings, judged)]))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -145,10 +145,14 @@ def to_json(result: GridResult) -> dict[str, Any]:
             {"layers": funnel.layers, "dimensions": funnel.dimensions, "score": funnel.ndcg, "funnel": str(funnel.funnel)}
             for funnel in result.funnels
         ]
-        + [
-            {"layers": crossed.document_layers, "query_layers": query_layers, "dimensions": dimensions, "score": score}
-            for (query_layers, dimensions), score in (crossed.scores[result.metric].items() if crossed else ())
-        ],
+        + (
+            [
+                {"layers": crossed.document_layers, "query_layers": query_layers, "dimensions": dimensions, "score": score}
+                for (query_layers, dimensions), score in crossed.scores[result.metric].items()
+            ]
+            if crossed
+            else []
+        ),
         "seconds": result.seconds,
         **({"funnel_auto": _choice_json(result.funnel_choice)} if result.funnel_choice else {}),
     }
@@ -165,6 +169,7 @@ def _choice_json(choice: FunnelChoice) -> dict[str, Any]:
 
 def save_heatmap(result: GridResult, path: str | Path) -> None:
     """The primary metric of every cell as a PNG heatmap, each cell labelled with score and change."""
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure  # matplotlib is the eval extra's, not a core dependency
 
     layers, dimensions = result.layers, result.dimensions
@@ -172,6 +177,7 @@ def save_heatmap(result: GridResult, path: str | Path) -> None:
     figure = Figure(figsize=(2.2 + 1.1 * len(dimensions), 1.6 + 0.5 * len(layers)), layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(scores, cmap="viridis", aspect="auto")
+    norm = cast(Normalize, image.norm)  # imshow's default; matplotlib types it as the abstract Norm, which takes arrays only
     axes.set_xticks(range(len(dimensions)), [str(width) for width in dimensions])
     axes.set_yticks(range(len(layers)), [str(depth) for depth in layers])
     axes.set_xlabel("dimensions")
@@ -187,7 +193,7 @@ def save_heatmap(result: GridResult, path: str | Path) -> None:
                 ha="center",
                 va="center",
                 fontsize=8,
-                color="white" if image.norm(score) < 0.5 else "black",
+                color="white" if norm(score) < 0.5 else "black",
             )
     figure.colorbar(image, ax=axes)
     figure.savefig(path, format="png", dpi=150)

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm import tqdm
@@ -69,7 +69,7 @@ class IndexFiles(EmbedBatches):
         self.root, self.held = Path(root), held
         self.chunking = chunking or Chunking.by_tokens(self.encoder)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:  # type: ignore[override]
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         columns: dict[str, list[Any]] = {"id": [], "text": [], "metadata": [], "skipped": []}
         for relative in batch["path"]:
             read = read_document(self.root, str(relative))
@@ -141,7 +141,8 @@ def index_on_ray(
             wanted: set[str] = set()
             written: set[str] = set()
             with tqdm(desc="indexing", unit="chunk", disable=not show_progress) as progress:
-                for table in chunks.iter_batches(batch_size=BATCH, batch_format="pyarrow") if to_read else ():
+                batches = chunks.iter_batches(batch_size=BATCH, batch_format="pyarrow") if to_read else ()
+                for table in cast("Iterable[pa.Table]", batches):  # Ray's type names every batch format
                     rows = table.select(["id", "text", "metadata", "skipped"]).to_pydict()
                     unread.update((path, why) for path, why in zip(rows["text"], rows["skipped"]) if why)
                     wanted.update(chunk_id for chunk_id in rows["id"] if chunk_id)

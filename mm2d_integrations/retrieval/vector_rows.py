@@ -64,7 +64,8 @@ class VectorRows:
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("select count(*) from rows").fetchone()[0]
+            count: int = self._db.execute("select count(*) from rows").fetchone()[0]
+        return count
 
     def ids(self) -> set[str]:
         with self._lock:

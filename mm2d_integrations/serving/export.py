@@ -100,7 +100,7 @@ def affine_of_head(head: ExitHead) -> tuple[torch.Tensor, torch.Tensor]:
             "the exit head of this depth is an mlp head (linear map plus GELU MLP), which no sentence-transformers "
             "Dense module expresses; export it with format='onnx', or adapt the model with method='ridge' or 'lowrank'"
         )
-    layers = [head.linear] if head.kind == "linear" else list(head.linear)
+    layers = head.linear_layers()
     weight = torch.eye(len(head.mean), dtype=torch.float64)
     bias = torch.zeros(len(head.mean), dtype=torch.float64)
     for layer in layers:
@@ -119,7 +119,7 @@ def _post_pooling_affines(encoder: Matryoshka2DEncoder) -> list[tuple[torch.Tens
     head = loaded.exit_heads.heads.get(encoder.num_layers)
     if head is not None:
         affines.append((*affine_of_head(head), _IDENTITY))
-    for module in loaded.dense:
+    for module in loaded.dense.dense_modules():
         if module.use_residual:
             raise ValueError(f"model {encoder.model_name!r} has a Dense module with a residual path, which export does not write")
         linear, activation = module.linear, type(module.activation)
@@ -142,7 +142,7 @@ def _write_sentence_transformers_files(
     encoder: Matryoshka2DEncoder, folder: Path, affines: list[tuple[torch.Tensor, torch.Tensor, str]]
 ) -> None:
     width = encoder.max_dimensions
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules: list[dict[str, Any]] = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
 
     def add(kind: str, path: str) -> None:
         modules.append({"idx": len(modules), "name": str(len(modules)), "path": path, "type": f"sentence_transformers.models.{kind}"})
@@ -153,8 +153,8 @@ def _write_sentence_transformers_files(
     for weight, bias, activation in affines:
         path = f"{len(modules)}_Dense"
         add("Dense", path)
-        config = {"in_features": width, "out_features": width, "bias": True, "activation_function": activation}
-        _write_json(folder / path / "config.json", config)
+        dense_config = {"in_features": width, "out_features": width, "bias": True, "activation_function": activation}
+        _write_json(folder / path / "config.json", dense_config)
         save_file({"linear.weight": weight.float().contiguous(), "linear.bias": bias.float().contiguous()}, str(folder / path / "model.safetensors"))
     if encoder.normalize:
         add("Normalize", f"{len(modules)}_Normalize")

@@ -215,5 +215,5 @@ class RemoteRecipe(EncoderRecipe):
 
     base_url: str = ""
 
-    def build(self) -> RemoteEncoder:  # type: ignore[override]
+    def build(self) -> RemoteEncoder:  # type: ignore[override]  # the endpoint's encoder stands in for a local one
         return RemoteEncoder(self.base_url, self.model, self.options)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -329,11 +329,13 @@ def fit_head(rows: Rows, training: Training, sides: str = "shared") -> tuple[Exi
     chosen = max(candidates, key=lambda name: (agreements[name], tried[name]))
     query_head, document_head = candidates[chosen]
     identity = torch.nn.Identity()
-    plain = {"raw_cosine": mean_cosine(identity, held_documents, held_targets), "raw_agreement": agreement(rows, identity, identity)}
+    raw_cosine, raw_agreement = mean_cosine(identity, held_documents, held_targets), agreement(rows, identity, identity)
     if query_head is document_head:
-        return document_head, None, DepthResult(chosen, tried=tried, agreements=agreements, **plain)
+        return document_head, None, DepthResult(chosen, raw_cosine, tried, agreements=agreements, raw_agreement=raw_agreement)
     query_name, document_name = chosen.split(" / ")
-    return document_head, query_head, DepthResult(document_name, tried=tried, agreements=agreements, query_kind=query_name, **plain)
+    return document_head, query_head, DepthResult(
+        document_name, raw_cosine, tried, agreements=agreements, raw_agreement=raw_agreement, query_kind=query_name
+    )
 
 
 def _candidates(fitting: Rows, held: Rows, training: Training, side: str) -> dict[str, ExitHead]:
@@ -418,13 +420,14 @@ def fit_ridge(inputs: torch.Tensor, targets: torch.Tensor, held_inputs: torch.Te
 def _low_rank_from(ridge: ExitHead, rank: int) -> ExitHead:
     """A rank-`rank` head starting at the best rank-`rank` approximation of the ridge map."""
     head = ExitHead("lowrank", len(ridge.mean), rank)
-    left, values, right = torch.linalg.svd(ridge.linear.weight.detach(), full_matrices=False)
+    (ridge_map,), (down, up) = ridge.linear_layers(), head.linear_layers()
+    left, values, right = torch.linalg.svd(ridge_map.weight.detach(), full_matrices=False)
     with torch.no_grad():
         head.mean.copy_(ridge.mean)
         head.scale.copy_(ridge.scale)
-        head.linear[0].weight.copy_(values[:rank, None] * right[:rank])
-        head.linear[1].weight.copy_(left[:, :rank])
-        head.linear[1].bias.copy_(ridge.linear.bias)
+        down.weight.copy_(values[:rank, None] * right[:rank])
+        up.weight.copy_(left[:, :rank])
+        up.bias.copy_(ridge_map.bias)
     return head
 
 
@@ -434,9 +437,10 @@ def _mlp_from(ridge: ExitHead, hidden: int, seed: int) -> ExitHead:
         torch.manual_seed(seed)
         head = ExitHead("mlp", len(ridge.mean), hidden)
     head.load_state_dict({**head.state_dict(), **ridge.state_dict()})
+    last = cast(torch.nn.Linear, head.mlp[2])
     with torch.no_grad():
-        head.mlp[2].weight.zero_()
-        head.mlp[2].bias.zero_()
+        last.weight.zero_()
+        last.bias.zero_()
     return head
 
 
@@ -504,7 +508,11 @@ def _write_folder(
 ) -> None:
     """The base model's files, unchanged, plus the heads; written aside and moved in at the end."""
     source = teacher.source
-    folder = source.local_dir or source.file("config.json").parent
+    folder = source.local_dir
+    if folder is None:
+        config = source.file("config.json")
+        assert config is not None, "the teacher was loaded from it"
+        folder = config.parent
     with staged_folder(out, "mm2d-adapt") as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", HEADS_FILE, HEADS_CONFIG))
         description = {
