@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -16,10 +17,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from mm2d_integrations import Matryoshka2DEncoder
+from mm2d_integrations.cli import main
 from mm2d_integrations.retrieval.documents import read_document
 from tests.test_langchain import MINILM
+from tests.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120
@@ -158,21 +163,76 @@ def test_mm2d_index_skips_what_is_not_a_regular_file_and_indexes_the_rest(folder
     assert all(f"skipped {path}: {why}" in done.stdout for path, why in expected.items()), done.stdout
 
 
-def cli_error(done: subprocess.CompletedProcess[str]) -> tuple[int, str]:
-    """Exit status and the one line of stderr (a traceback would be several)."""
-    assert done.stderr.count("\n") == 1, done.stderr
-    return done.returncode, done.stderr.strip()
-
-
-def model_copy(model: Path | str, folder: Path, **config_changes: Any) -> Path:
-    """`model` as a folder of links to its files, with `config_changes` applied to its JSON files:
-    {"config.json": {"hidden_size": 0}} and the like."""
+def model_copy(model: Path | str, folder: Path, changes: dict[str, dict[str, Any] | bytes]) -> Path:
+    """`model` as a folder of links to its files, with `changes`: a dict is merged into that JSON file
+    ({"config.json": {"hidden_size": 0}}), bytes replace the file."""
     folder.mkdir()
     for path in Path(model).iterdir():
         (folder / path.name).symlink_to(path, target_is_directory=path.is_dir())
-    for name, changes in config_changes.items():
-        file = folder / name.replace("__", "/")
-        content = json.loads(file.read_text()) if file.exists() else {}
+    for name, changed in changes.items():
+        file = folder / name
+        content = json.loads(file.read_text()) if file.exists() and not isinstance(changed, bytes) else {}
         file.unlink(missing_ok=True)
-        file.write_text(json.dumps({**content, **changes}))
+        file.write_bytes(changed if isinstance(changed, bytes) else json.dumps({**content, **changed}).encode())
     return folder
+
+
+LONG_TEXT = " ".join(f"word{number % 50}" for number in range(600))  # about 1,800 tokens
+
+
+def test_a_max_length_the_models_positions_cannot_take_is_refused_before_the_weights_load(tmp_path: Path) -> None:
+    """MiniLM has 512 positions: 1000 once passed, then a 600-word text failed inside the model."""
+    unloadable = model_copy(MINILM, tmp_path / "minilm", {"model.safetensors": b"not weights"})
+    with pytest.raises(ValueError, match=r"^max_length must be an int in \[1, 512\], got 1000$"):
+        Matryoshka2DEncoder(unloadable, max_length=1000)  # refused before the (broken) weights are read
+    with pytest.raises(FileNotFoundError, match="could not load the weights"):
+        Matryoshka2DEncoder(unloadable, max_length=512)
+    Matryoshka2DEncoder(MINILM)
+    with pytest.raises(ValueError, match=r"^max_length must be an int in \[1, 512\], got 513$"):
+        Matryoshka2DEncoder(MINILM, max_length=513)  # the model already loaded in this process
+    encoder = Matryoshka2DEncoder(MINILM, max_length=512)
+    assert encoder.encode([LONG_TEXT]).shape == (1, 384)
+
+
+def test_mm2d_refuses_a_max_length_over_the_models_positions_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", "a", "b", "--model", MINILM, "--max-length", "1000"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "mm2d: error: max_length must be an int in [1, 512], got 1000\n")
+
+
+def test_a_checkpoints_max_seq_length_over_its_positions_is_lowered_with_a_warning(tmp_path: Path) -> None:
+    large = model_copy(MINILM, tmp_path / "minilm", {"sentence_bert_config.json": {"max_seq_length": 100000}})
+    with pytest.warns(UserWarning, match=r"max_seq_length=100000 in sentence_bert_config.json, more than the 512 tokens .*: max_length is 512"):
+        encoder = Matryoshka2DEncoder(large)
+    assert encoder.max_length == 512
+    np.testing.assert_allclose(encoder.encode([LONG_TEXT]), Matryoshka2DEncoder(MINILM, max_length=512).encode([LONG_TEXT]), atol=1e-5)
+
+
+# architecture -> the tokens its tiny model's positions take (tests/tiny_models.py): RoBERTa-style models
+# keep padding_idx + 1 positions below their first token. ModernBERT (rotary, 8,192 positions) is left out: too long to run here.
+POSITION_LIMITS = {"bert": 128, "distilbert": 512, "roberta": 128, "mpnet": 128, "electra": 128}
+
+
+@pytest.mark.parametrize("architecture", POSITION_LIMITS)
+def test_max_length_reaches_each_architectures_last_position_and_no_further(architecture: str, tmp_path: Path, minilm_path: Path) -> None:
+    build_tiny_model(tmp_path, architecture, minilm_path, pooling="mean")
+    limit = POSITION_LIMITS[architecture]
+    with pytest.raises(ValueError, match=rf"max_length must be an int in \[1, {limit}\], got {limit + 1}"):
+        Matryoshka2DEncoder(tmp_path, max_length=limit + 1)
+    encoder = Matryoshka2DEncoder(tmp_path, max_length=limit)
+    assert np.isfinite(encoder.encode([LONG_TEXT, "short"])).all()
+
+
+BAD_CONFIGS = {
+    "hidden_size 0": ({"config.json": {"hidden_size": 0}}, "has hidden_size=0 in config.json; it must be a positive int"),
+    "no attention heads": ({"config.json": {"num_attention_heads": 0}}, "has num_attention_heads=0 in config.json"),
+    "a str for a size": ({"config.json": {"intermediate_size": "1536"}}, "has intermediate_size='1536' in config.json"),
+    "max_seq_length 0": ({"sentence_bert_config.json": {"max_seq_length": 0}}, "has max_seq_length=0 in sentence_bert_config.json"),
+}
+
+
+@pytest.mark.parametrize("row", BAD_CONFIGS)
+def test_a_config_with_impossible_sizes_is_a_clear_error(row: str, tmp_path: Path) -> None:
+    changes, message = BAD_CONFIGS[row]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Matryoshka2DEncoder(model_copy(MINILM, tmp_path / "model", changes))

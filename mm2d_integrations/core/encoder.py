@@ -139,6 +139,7 @@ class Matryoshka2DEncoder:
             show_progress=given.show_progress,
             cache_folder=given.cache_folder,
             depth_argument=depth_argument,
+            max_length=given.max_length,
         )
         loaded = self._loaded.num_layers
         self._num_layers = loaded if given.num_layers is None else check_int_in_range("num_layers", given.num_layers, 1, loaded)
@@ -165,11 +166,8 @@ class Matryoshka2DEncoder:
         # sentence-transformers' Pooling include_prompt=False: the prompt's tokens are attended to but not pooled.
         self.include_prompt = settings.include_prompt is not False
         self._prompt_lengths: dict[str, int] = {}
-        self.max_length = (
-            check_int_in_range("max_length", given.max_length, 1, 1 << 20)
-            if given.max_length is not None
-            else settings.max_length
-        )
+        # Never more than the model's positions take: load_model refuses a larger given one, lowers the checkpoint's.
+        self.max_length = given.max_length if given.max_length is not None else settings.max_length
         dimensions = given.dimensions if given.dimensions is not None else settings.truncate_dim  # the checkpoint's truncate_dim
         self._dimensions = self.max_dimensions if dimensions is None else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
         self._given = given

@@ -43,7 +43,9 @@ class EncoderOptions:
     normalize: bool = _option(True, "L2-normalise the vectors, cut or not (off: as the checkpoint's pipeline leaves them)")
     query_prompt: str | None = _option(None, "text put before each query (default: the model's)")
     document_prompt: str | None = _option(None, "text put before each document (default: the model's)")
-    max_length: int | None = _option(None, "tokens per text, prompt included; longer texts are truncated (default: the model's)")
+    max_length: int | None = _option(
+        None, "tokens per text, prompt included, at most what the model's positions take; longer texts are truncated (default: the model's)"
+    )
     batch_size: int = _option(32, "texts per forward pass at most")
     max_batch_tokens: int | None = _option(None, "padded tokens per forward pass at most (default: 128 x batch_size)")
     device: str | None = _option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
