@@ -76,6 +76,11 @@ class Chunking:
     length: Callable[[str], int] = len
     unit: str = "characters"
 
+    def __post_init__(self) -> None:
+        whole = all(isinstance(value, int) and not isinstance(value, bool) for value in (self.size, self.overlap))
+        if not (whole and self.size >= 1 and 0 <= self.overlap < self.size):
+            raise ValueError(f"chunk size must be an int >= 1 and overlap an int in [0, size), got size={self.size!r}, overlap={self.overlap!r}")
+
     @classmethod
     def by_tokens(cls, encoder: TokenCounter) -> Chunking:
         """Chunks that the encoder embeds whole: measured with its own tokenizer, at most its max_length
@@ -290,7 +295,7 @@ def split_documents(documents: list[SourceDocument], chunking: Chunking | None =
     return [
         Chunk(chunk_id(document.source, index, text), text, document.source, index, document.metadata)
         for document in documents
-        for index, text in enumerate(splitter.split_text(document.text))
+        for index, text in enumerate(piece for piece in splitter.split_text(document.text) if piece.strip())  # whitespace says nothing
     ]
 
 
