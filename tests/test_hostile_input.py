@@ -202,7 +202,7 @@ def test_mm2d_refuses_a_max_length_over_the_models_positions_with_status_2(capsy
 
 def test_a_checkpoints_max_seq_length_over_its_positions_is_lowered_with_a_warning(tmp_path: Path) -> None:
     large = model_copy(MINILM, tmp_path / "minilm", {"sentence_bert_config.json": {"max_seq_length": 100000}})
-    with pytest.warns(UserWarning, match=r"max_seq_length=100000 in sentence_bert_config.json, more than the 512 tokens .*: max_length is 512"):
+    with pytest.warns(UserWarning, match=r"says max_seq_length=100000, more than the 512 tokens its position embeddings take: max_length is 512"):
         encoder = Matryoshka2DEncoder(large)
     assert encoder.max_length == 512
     np.testing.assert_allclose(encoder.encode([LONG_TEXT]), Matryoshka2DEncoder(MINILM, max_length=512).encode([LONG_TEXT]), atol=1e-5)

@@ -320,8 +320,8 @@ def _checkpoint_max_length(model_name: str, saved: Any, tokenizer: PreTrainedTok
         raise ValueError(f"model {model_name!r} has max_seq_length={saved!r} in sentence_bert_config.json; it must be a positive int")
     if saved > limit:
         warnings.warn(
-            f"model {model_name!r} has max_seq_length={saved} in sentence_bert_config.json, more than the {limit} tokens its "
-            f"position embeddings take: max_length is {limit}",
+            f"model {model_name!r} says max_seq_length={saved}, more than the {limit} tokens its position embeddings take: "
+            f"max_length is {limit}",
             stacklevel=2,
         )
         return limit
