@@ -86,7 +86,7 @@ def _bad_values(tmp_path: Path, sts_file: Path) -> dict[str, tuple[list[str], st
         "depth out of range": (["embed", "a", "b", *model, "--layers", "7"], "num_layers must be an int in [1, 6], got 7"),
         "dimensions out of range": (["embed", "a", "b", *model, "--dims", "0"], "dimensions must be an int in [1, 384], got 0"),
         "batch size 0": (["embed", "a", "b", *model, "--batch-size", "0"], "batch_size must be an int in [1, 1048576], got 0"),
-        "max length 0": (["embed", "a", "b", *model, "--max-length", "0"], "max_length must be an int in [1, 1048576], got 0"),
+        "max length 0": (["embed", "a", "b", *model, "--max-length", "0"], "max_length must be an int in [1, 512], got 0"),
         "unknown pooling": (["embed", "a", "b", *model, "--pooling", "median"], "pooling must be one of cls, mean, max"),
         "unknown dtype": (["embed", "a", "b", *model, "--dtype", "float8"], "dtype must be one of float32"),
         "unknown compute precision": (["embed", "a", "b", *model, "--compute-precision", "int3"], "compute_precision must be one of float32, bf16"),

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from mm2d_integrations.retrieval.store_rules import StoreUnavailable
 from mm2d_integrations.samples import SAMPLE_DOCS
 from tests.corpus import indexed_chunk_ids
 from tests.test_chroma import ChromaServer, _free_port
+from tests.test_hostile_input import hostile_folder, run_cli
 from tests.test_langchain import MINILM
 from tests.tiny_models import build_tiny_model
 
@@ -262,3 +264,17 @@ def test_a_run_killed_whole_is_completed_by_the_next(cluster: None, server: Chro
     assert report.added == len(expected) - len(partial) and report.unchanged == len(partial)
     collection = store.client().get_collection("whole")
     assert indexer.stored_ids(collection) == expected and collection.count() == len(expected)
+
+
+def test_index_on_ray_lists_what_is_not_a_regular_file_as_skipped_and_indexes_the_rest(cluster: None, tiny_model: str, tmp_path: Path) -> None:
+    """A FIFO once hung an actor for ever; a link loop was a traceback. The run joins this module's cluster."""
+    folder = Path(tempfile.mkdtemp(prefix="mm2d-"))  # short enough a path for a Unix socket
+    try:
+        expected = hostile_folder(folder, ["fifo.txt", "sock.txt", "x.txt"])
+        address = ray.get_runtime_context().gcs_address
+        done = run_cli("index", str(folder), "--ray", address, "--ray-actors", "1", "--model", tiny_model, "--persist-dir", str(tmp_path / "chroma"))
+    finally:
+        shutil.rmtree(folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 files, 2 chunks: 2 embedded and added")
+    assert all(f"skipped {path}: {why}" in done.stdout for path, why in expected.items()), done.stdout

@@ -27,7 +27,7 @@ from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.core.pooling import check_pooling, pool
 from mm2d_integrations.core.runtime import dtype_name, resolve_backend, resolve_compute_precision, resolve_device, resolve_dtype
 from mm2d_integrations.core.source import ModelSource
-from mm2d_integrations.core.validation import check_int_in_range, check_texts
+from mm2d_integrations.core.validation import check_int_in_range, check_text, check_texts
 
 __all__ = [
     "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",
@@ -138,6 +138,7 @@ class Matryoshka2DEncoder:
             show_progress=given.show_progress,
             cache_folder=given.cache_folder,
             depth_argument=depth_argument,
+            max_length=given.max_length,
         )
         loaded = self._loaded.num_layers
         self._num_layers = loaded if given.num_layers is None else check_int_in_range("num_layers", given.num_layers, 1, loaded)
@@ -159,17 +160,16 @@ class Matryoshka2DEncoder:
         self._normalizes_full_width = self.normalize or bool(settings.normalized)
         self._pooling = check_pooling(given.pooling or settings.pooling or "mean")
         self._loaded.exit_heads.check_pooling(self._pooling)
-        self.query_prompt = given.query_prompt if given.query_prompt is not None else settings.query_prompt or ""
-        self.document_prompt = given.document_prompt if given.document_prompt is not None else settings.document_prompt or ""
+        self.query_prompt = check_text("query_prompt", given.query_prompt if given.query_prompt is not None else settings.query_prompt or "")
+        self.document_prompt = check_text(
+            "document_prompt", given.document_prompt if given.document_prompt is not None else settings.document_prompt or ""
+        )
         # sentence-transformers' Pooling include_prompt=False: the prompt's tokens are attended to but not pooled.
         self.include_prompt = settings.include_prompt is not False
         self._prompt_lengths: dict[str, int] = {}
+        # Never more than the model's positions take: load_model refuses a larger given one, lowers the checkpoint's.
         assert settings.max_length is not None, "loading fills in the model's own limit"
-        self.max_length = (
-            check_int_in_range("max_length", given.max_length, 1, 1 << 20)
-            if given.max_length is not None
-            else settings.max_length
-        )
+        self.max_length = given.max_length if given.max_length is not None else settings.max_length
         dimensions = given.dimensions if given.dimensions is not None else settings.truncate_dim  # the checkpoint's truncate_dim
         self._dimensions = self.max_dimensions if dimensions is None else check_int_in_range("dimensions", dimensions, 1, self.max_dimensions)
         self._given = given
@@ -356,7 +356,7 @@ class Matryoshka2DEncoder:
         """`encode_layerwise` before any Dense module and normalisation: the pooled states (after the exit
         head of `side`, "document" or "query"), {num_layers: (n, hidden size) array}, that `mm2d adapt` fits its heads on."""
         show_progress = self.show_progress if show_progress is None else show_progress
-        checked = check_texts(texts)
+        checked, prompt = check_texts(texts), check_text("prompt", prompt)
         loaded = self._loaded.num_layers
         wanted = sorted({check_int_in_range("num_layers", kept, 1, loaded) for kept in num_layers})
         if not wanted:
@@ -444,6 +444,10 @@ class Matryoshka2DEncoder:
         if skipped:
             pooling_mask = attention_mask.clone()
             pooling_mask[:, :skipped] = 0
+            # A text that merged with the prompt's last word into fewer tokens would pool nothing (a zero
+            # vector): it is pooled with its prompt instead.
+            empty = pooling_mask.sum(dim=1) == 0
+            pooling_mask[empty] = attention_mask[empty]
         pooled = {}
         for kept in num_layers:
             vectors = pool(hidden_states[kept].float(), pooling_mask, self.pooling)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mm2d_integrations.core.checkpoint import KNOWN_MODELS, ModelSettings, read_sentence_transformers_settings
@@ -27,7 +29,10 @@ from mm2d_integrations.core.pooling import POOLING_MODES
 from mm2d_integrations.core.source import ModelSource
 from mm2d_integrations.core.validation import check_int_in_range
 
-__all__ = ["ARCHITECTURES", "LayerStack", "LoadedModel", "architecture_of", "cut_config", "layer_list", "load_model", "shallow_view"]
+__all__ = [
+    "ARCHITECTURES", "LayerStack", "LoadedModel", "architecture_of", "check_max_length", "cut_config", "layer_list", "load_model", "position_limit",
+    "shallow_view",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,42 @@ ARCHITECTURES: dict[str, LayerStack] = {
     "distilbert": LayerStack(("transformer", "layer"), "n_layers"),
     "modernbert": LayerStack(("layers",), "num_hidden_layers", final_norm="final_norm"),
 }
+
+
+# Architectures whose position ids start after the padding index, as RoBERTa's do: padding_idx + 1 of
+# their position embeddings never hold a token.
+_POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet"})
+NO_POSITION_LIMIT = 1 << 20  # where a config names no position embeddings (rotary models may)
+# config.json sizes that must be positive ints (BERT-style names, then DistilBERT's).
+_SIZES = (
+    "hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "max_position_embeddings", "vocab_size",
+    "dim", "hidden_dim", "n_heads", "n_layers",
+)
+
+
+def position_limit(config: Any) -> int:
+    """Tokens a text can take in this model, special tokens included: its position embeddings, less
+    those a RoBERTa-style model keeps below its padding index."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions < 1:
+        return NO_POSITION_LIMIT
+    if getattr(config, "model_type", "") in _POSITIONS_AFTER_PADDING:
+        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
+    return max(1, positions)
+
+
+def check_max_length(max_length: Any, limit: int) -> int | None:
+    """`max_length` (None: the checkpoint's) within [1, `limit`], the model's `position_limit`: a longer
+    text would fail inside the model."""
+    return None if max_length is None else check_int_in_range("max_length", max_length, 1, limit)
+
+
+def _check_sizes(raw_config: dict[str, Any], model_name: str) -> None:
+    """Refuse sizes that would fail deep in the model's own code (hidden_size 0 was a ZeroDivisionError)."""
+    for key in _SIZES:
+        value = raw_config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model {model_name!r} has {key}={value!r} in config.json; it must be a positive int")
 
 
 def architecture_of(config: Any, model_name: str) -> LayerStack:
@@ -109,6 +150,7 @@ class LoadedModel:
     max_layers: int
     num_layers: int
     settings: ModelSettings
+    position_limit: int  # the longest max_length its position embeddings take
     exit_heads: ExitHeads = field(default_factory=ExitHeads)  # learned by `mm2d adapt`; none for most models
     dense: DenseStack = field(default_factory=DenseStack)  # sentence-transformers Dense modules; none for most models
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -162,21 +204,24 @@ def load_model(
     cache_folder: str | None = None,
     show_progress: bool = False,
     depth_argument: str = "num_layers",
+    max_length: int | None = None,
 ) -> LoadedModel:
     """Load (or reuse from this process) the checkpoint cut to `num_layers` on `device` in `dtype`;
     transformers' loading progress bar only with `show_progress`.
 
     `depth_argument`: the caller's name for `num_layers`, as an out-of-range error names it.
+    `max_length`: the caller's, refused (before the weights load) where the model's positions cannot take it.
     """
     source = ModelSource(name_or_path, revision, cache_folder)
     key = (source.location, revision, cache_folder, num_layers, str(device), dtype, trust_remote_code, allow_pickle)
     with _cache_lock:
         loaded = _cache.get(key)
         if loaded is None:
-            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress, depth_argument)
+            loaded = _load(source, num_layers, device, dtype, trust_remote_code, allow_pickle, show_progress, depth_argument, max_length)
             _cache[key] = loaded
             if num_layers is None:
                 _cache[key[:3] + (loaded.num_layers,) + key[4:]] = loaded
+        check_max_length(max_length, loaded.position_limit)
         return loaded
 
 
@@ -189,10 +234,12 @@ def _load(
     allow_pickle: bool,
     show_progress: bool,
     depth_argument: str,
+    max_length: int | None,
 ) -> LoadedModel:
     raw_config = source.json("config.json")
     if raw_config is None:
         raise FileNotFoundError(f"model {source.name!r} has no config.json")
+    _check_sizes(raw_config, source.name)
     if raw_config.get("auto_map") and not trust_remote_code:
         raise ValueError(
             f"model {source.name!r} needs its own Python code (auto_map in config.json); "
@@ -204,6 +251,8 @@ def _load(
     stack = architecture_of(config, source.name)
     max_layers = int(getattr(config, stack.count_attribute))
     kept = max_layers if num_layers is None else check_int_in_range(depth_argument, num_layers, 1, max_layers)
+    limit = position_limit(config)
+    check_max_length(max_length, limit)
     cut_config(config, stack, kept)
     verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # the dropped layers' weights are 'unused' on purpose
@@ -217,7 +266,7 @@ def _load(
             use_safetensors=None if allow_pickle else True,
             dtype=dtype,
         )
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # missing, or damaged
         raise FileNotFoundError(f"could not load the weights of model {source.name!r}: {error}") from error
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -228,8 +277,7 @@ def _load(
     tokenizer = AutoTokenizer.from_pretrained(source.location, **hub)
     known = KNOWN_MODELS.get(source.name, ModelSettings())
     settings = read_sentence_transformers_settings(source).filled_from(known)
-    if settings.max_length is None:
-        settings = replace(settings, max_length=_default_max_length(tokenizer, config))
+    settings = replace(settings, max_length=_checkpoint_max_length(source.name, settings.max_length, tokenizer, limit))
     if settings.pooling is not None and settings.pooling not in POOLING_MODES:
         raise ValueError(f"model {source.name!r} asks for unknown pooling {settings.pooling!r}")
     return LoadedModel(
@@ -240,6 +288,7 @@ def _load(
         max_layers=max_layers,
         num_layers=kept,
         settings=settings,
+        position_limit=limit,
         exit_heads=read_exit_heads(source, max_layers, int(config.hidden_size), device),
         dense=read_dense_stack(source, settings.dense or (), int(config.hidden_size), device, allow_pickle),
     )
@@ -262,7 +311,19 @@ def _check_weights(source: ModelSource, allow_pickle: bool) -> None:
         )
 
 
-def _default_max_length(tokenizer: PreTrainedTokenizerBase, config: Any) -> int:
-    limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-    usable = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 100_000]
-    return min(usable, default=512)
+def _checkpoint_max_length(model_name: str, saved: Any, tokenizer: PreTrainedTokenizerBase, limit: int) -> int:
+    """The checkpoint's own max length (sentence-transformers' max_seq_length, else its tokenizer's),
+    lowered with a warning to what its positions take."""
+    if saved is None:
+        said = tokenizer.model_max_length  # a huge number where the tokenizer says nothing
+        return min(said if isinstance(said, int) and 0 < said < 100_000 else 512, limit)
+    if isinstance(saved, bool) or not isinstance(saved, int) or saved < 1:
+        raise ValueError(f"model {model_name!r} has max_seq_length={saved!r} in sentence_bert_config.json; it must be a positive int")
+    if saved > limit:
+        warnings.warn(
+            f"model {model_name!r} says max_seq_length={saved}, more than the {limit} tokens its position embeddings take: "
+            f"max_length is {limit}",
+            stacklevel=2,
+        )
+        return limit
+    return saved

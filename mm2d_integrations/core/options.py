@@ -47,7 +47,7 @@ class EncoderOptions(BaseModel):
     query_prompt: str | None = Field(None, description="text put before each query (default: the model's)")
     document_prompt: str | None = Field(None, description="text put before each document (default: the model's)")
     max_length: int | None = Field(
-        None, description="tokens per text, prompt included; longer texts are truncated (default: the model's)"
+        None, description="tokens per text, prompt included, at most what the model's positions take; longer texts are truncated (default: the model's)"
     )
     batch_size: int = Field(32, description="texts per forward pass at most")
     max_batch_tokens: int | None = Field(None, description="padded tokens per forward pass at most (default: 128 x batch_size)")

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["check_int_in_range", "check_texts", "install_hint"]
+__all__ = ["check_int_in_range", "check_text", "check_texts", "install_hint"]
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -25,12 +25,14 @@ def check_texts(texts: Any) -> list[str]:
     """
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    checked = []
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] must be str, got {type(text).__name__}")
-        checked.append(_LONE_SURROGATE.sub("\ufffd", text))
-    return checked
+    return [check_text(f"texts[{index}]", text) for index, text in enumerate(texts)]
+
+
+def check_text(name: str, text: Any) -> str:
+    """`text` as a str a tokenizer takes (lone surrogates become U+FFFD), or a TypeError naming `name`."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be str, got {type(text).__name__}")
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def install_hint(module: str, extra: str) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
+import io
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -16,7 +19,7 @@ from mm2d_integrations.core.validation import install_hint
 
 __all__ = [
     "CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "Chunking", "LoadedFolder", "SourceDocument", "TokenCounter", "chunk_id", "from_framework_documents",
-    "html_to_text", "list_folder", "load_folder", "read_document", "split_documents", "warn_skipped",
+    "file_kind", "html_to_text", "list_folder", "load_folder", "read_document", "split_documents", "warn_skipped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,11 @@ class Chunking:
     length: Callable[[str], int] = len
     unit: str = "characters"
 
+    def __post_init__(self) -> None:
+        whole = all(isinstance(value, int) and not isinstance(value, bool) for value in (self.size, self.overlap))
+        if not (whole and self.size >= 1 and 0 <= self.overlap < self.size):
+            raise ValueError(f"chunk size must be an int >= 1 and overlap an int in [0, size), got size={self.size!r}, overlap={self.overlap!r}")
+
     @classmethod
     def by_tokens(cls, encoder: TokenCounter) -> Chunking:
         """Chunks that the encoder embeds whole: measured with its own tokenizer, at most its max_length
@@ -85,7 +93,7 @@ class Chunking:
 class LoadedFolder:
     documents: list[SourceDocument] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(path, reason) for every file that was not read."""
+    """(path, reason) for every file that was not read, and every folder that could not be listed."""
 
 
 class _VisibleText(HTMLParser):
@@ -126,22 +134,59 @@ def html_to_text(html: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _pdf_to_text(path: Path) -> str:
+def _pdf_to_text(data: bytes) -> str:
     from pypdf import PdfReader
 
-    return "\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
+    return "\n".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages)
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+def _decode_text(data: bytes) -> str:
     if b"\x00" in data[:8192]:
         raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "binary content (NUL bytes)")
     return data.decode("utf-8")
 
 
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of `mode` (an `os.stat` result's `st_mode`) is: "regular file", "FIFO", "socket", ..."""
+    return next((kind for test, kind in _KINDS if test(mode)), "regular file" if stat.S_ISREG(mode) else "special file")
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of `mode` must not be opened: anything but a regular file (a FIFO would block the
+    reader forever, a device may never end)."""
+    return None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
+
+
+def _unreadable(error: Exception) -> str:
+    return f"unreadable ({type(error).__name__}: {error})"
+
+
+def _skip_reason(root: Path, path: Path) -> str | None:
+    """Why the entry `path` under `root` must not be read, without opening it; None for a regular file
+    (or a link to one inside the folder)."""
+    if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
+        return "symbolic link out of the indexed folder (not followed)"
+    try:
+        return _not_regular(os.stat(path).st_mode)
+    except OSError as error:
+        return "symbolic link loop (not followed)" if error.errno == errno.ELOOP else _unreadable(error)
+
+
 def _files(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """Every file under `root` (sorted), with a reason to skip it when it must not be read."""
-    for directory, subdirectories, names in os.walk(root):
+    """Every entry under `root` (sorted), with a reason to skip it when it must not be read; a folder
+    that cannot be listed is one such entry, and the walk goes on."""
+    unlisted: list[OSError] = []
+
+    def folders_not_listed() -> Iterator[tuple[Path, str]]:
+        while unlisted:
+            error = unlisted.pop(0)
+            yield Path(error.filename), f"unreadable folder ({type(error).__name__}: {error.strerror})"
+
+    for directory, subdirectories, names in os.walk(root, onerror=unlisted.append):
+        yield from folders_not_listed()
         subdirectories.sort()
         for name in [*subdirectories]:
             if (Path(directory) / name).is_symlink():
@@ -149,10 +194,8 @@ def _files(root: Path) -> Iterator[tuple[Path, str | None]]:
                 yield Path(directory) / name, "symbolic link to a folder (not followed)"
         for name in sorted(names):
             path = Path(directory) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                yield path, "symbolic link out of the indexed folder (not followed)"
-            else:
-                yield path, None
+            yield path, _skip_reason(root, path)
+    yield from folders_not_listed()
 
 
 def list_folder(folder: str | Path) -> tuple[Path, list[tuple[str, str | None]]]:
@@ -161,6 +204,10 @@ def list_folder(folder: str | Path) -> tuple[Path, list[tuple[str, str | None]]]
     root = Path(folder).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"document folder {str(folder)!r} does not exist or is not a folder")
+    try:
+        os.scandir(root).close()
+    except OSError as error:
+        raise ValueError(f"document folder {str(folder)!r} cannot be read ({error.strerror})") from None
     pdf_ok = importlib.util.find_spec("pypdf") is not None
     listed: list[tuple[str, str | None]] = []
     for path, reason in _files(root):
@@ -199,20 +246,36 @@ def load_folder(folder: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> 
     return loaded
 
 
+def _file_bytes(path: Path, max_file_bytes: int) -> bytes | str:
+    """The bytes of the regular file at `path`, or why they are not read. What is not a regular file is
+    never opened; a file replaced by one since it was listed is opened without blocking, seen and left."""
+    reason = _not_regular(os.stat(path).st_mode)
+    if reason is not None:
+        return reason
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as file:
+        status = os.fstat(file.fileno())
+        reason = _not_regular(status.st_mode)
+        data = b"" if reason or status.st_size > max_file_bytes else file.read(max_file_bytes + 1)
+    size = max(status.st_size, len(data))  # a file may grow while it is read
+    if reason is None and size > max_file_bytes:
+        reason = f"larger than {max_file_bytes} bytes ({size})"
+    return reason or data
+
+
 def _read(path: Path, suffix: str, max_file_bytes: int) -> tuple[str | None, str]:
     """(None, text) for a readable file, else (why not, "")."""
     try:
-        size = path.stat().st_size
-        if size > max_file_bytes:
-            return f"larger than {max_file_bytes} bytes ({size})", ""
+        data = _file_bytes(path, max_file_bytes)
+        if isinstance(data, str):
+            return data, ""
         if suffix == PDF_SUFFIX:
-            return None, _pdf_to_text(path)
-        text = _read_text(path)
+            return None, _pdf_to_text(data)
+        text = _decode_text(data)
         return None, html_to_text(text) if suffix in HTML_SUFFIXES else text
     except UnicodeDecodeError:
         return "binary or not UTF-8 text", ""
     except Exception as error:  # an unreadable file must not stop the others
-        return f"unreadable ({type(error).__name__}: {error})", ""
+        return _unreadable(error), ""
 
 
 def chunk_id(source: str, index: int, text: str) -> str:
@@ -232,7 +295,7 @@ def split_documents(documents: list[SourceDocument], chunking: Chunking | None =
     return [
         Chunk(chunk_id(document.source, index, text), text, document.source, index, document.metadata)
         for document in documents
-        for index, text in enumerate(splitter.split_text(document.text))
+        for index, text in enumerate(piece for piece in splitter.split_text(document.text) if piece.strip())  # whitespace says nothing
     ]
 
 

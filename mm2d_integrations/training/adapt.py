@@ -30,7 +30,7 @@ from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
 from mm2d_integrations.core.folders import check_new_folder, staged_folder
 from mm2d_integrations.core.validation import check_int_in_range
-from mm2d_integrations.retrieval.documents import load_folder, split_documents
+from mm2d_integrations.retrieval.documents import file_kind, load_folder, split_documents
 
 __all__ = [
     "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",
@@ -142,6 +142,8 @@ def read_corpus(path: str | Path) -> list[str]:
     elif path.is_file():
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         texts = [_jsonl_text(path, number, line) for number, line in enumerate(lines, 1) if line] if path.suffix == ".jsonl" else lines
+    elif path.exists():  # never opened: a FIFO would block, a device may never end
+        raise ValueError(f"corpus {str(path)!r} is a {file_kind(path.stat().st_mode)}, not a folder of documents or a file of texts")
     else:
         raise FileNotFoundError(f"corpus {str(path)!r} does not exist (give a folder of documents or a file of texts)")
     texts = [text for text in dict.fromkeys(texts) if text.strip()]
