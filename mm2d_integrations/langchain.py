@@ -9,8 +9,9 @@ from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.validation import install_hint
 from mm2d_integrations.frameworks.compat import their_arguments
-from mm2d_integrations.frameworks.fields import EncoderFields, build_encoder, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.frameworks.fields import EncoderFields, build_encoder, from_encoder_fields, path_to_str, vector_lists, wrapping
 from mm2d_integrations.retrieval.funnel import check_search
+from mm2d_integrations.serving.remote import RemoteEncoder
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -57,21 +58,21 @@ class Matryoshka2DEmbeddings(EncoderFields, Embeddings):
         return self
 
     @classmethod
-    def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbeddings:
+    def from_encoder(cls, encoder: Matryoshka2DEncoder | RemoteEncoder) -> Matryoshka2DEmbeddings:
         """Embeddings that use `encoder` itself (its loaded model and every option it was built with)."""
         return cls.model_validate(from_encoder_fields(encoder), context=wrapping(encoder))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.encoder.encode_documents(texts).tolist()
+        return vector_lists(self.encoder.encode_documents(texts))
 
     def embed_query(self, text: str) -> list[float]:
-        return self.encoder.encode_queries([text])[0].tolist()
+        return vector_lists(self.encoder.encode_queries([text]))[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return (await self.encoder.aencode_documents(texts)).tolist()
+        return vector_lists(await self.encoder.aencode_documents(texts))
 
     async def aembed_query(self, text: str) -> list[float]:
-        return (await self.encoder.aencode_queries([text]))[0].tolist()
+        return vector_lists(await self.encoder.aencode_queries([text]))[0]
 
 
 def cache_backed_embeddings(

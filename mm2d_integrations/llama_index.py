@@ -12,8 +12,9 @@ from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.validation import install_hint
 from mm2d_integrations.frameworks.compat import LLAMA_INDEX_ARGUMENTS, their_arguments
-from mm2d_integrations.frameworks.fields import EncoderFields, build_encoder, from_encoder_fields, path_to_str, wrapping
+from mm2d_integrations.frameworks.fields import EncoderFields, build_encoder, from_encoder_fields, path_to_str, vector_lists, wrapping
 from mm2d_integrations.retrieval.funnel import check_search
+from mm2d_integrations.serving.remote import RemoteEncoder
 
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
@@ -54,22 +55,22 @@ class SpaceKVStore(BaseKVStore):
     def _collection(self, collection: str) -> str:
         return f"{self.namespace}/{'query' if _EMBEDDING_QUERIES.get() else 'text'}/{collection}"
 
-    def put(self, key: str, val: dict, collection: str = DEFAULT_COLLECTION) -> None:
+    def put(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
         self.store.put(key, val, self._collection(collection))
 
-    async def aput(self, key: str, val: dict, collection: str = DEFAULT_COLLECTION) -> None:
+    async def aput(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
         await self.store.aput(key, val, self._collection(collection))
 
-    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict | None:
+    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
         return self.store.get(key, self._collection(collection))
 
-    async def aget(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict | None:
+    async def aget(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
         return await self.store.aget(key, self._collection(collection))
 
-    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
+    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
         return self.store.get_all(self._collection(collection))
 
-    async def aget_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
+    async def aget_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
         return await self.store.aget_all(self._collection(collection))
 
     def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
@@ -124,7 +125,7 @@ class Matryoshka2DEmbedding(BaseEmbedding, EncoderFields):
         BaseModel.__setstate__(self, state)
 
     @classmethod
-    def from_encoder(cls, encoder: Matryoshka2DEncoder) -> Matryoshka2DEmbedding:
+    def from_encoder(cls, encoder: Matryoshka2DEncoder | RemoteEncoder) -> Matryoshka2DEmbedding:
         """An embedding that uses `encoder` itself (its loaded model and every option it was built with)."""
         fields = from_encoder_fields(encoder)
         fields["embed_batch_size"] = fields["batch_size"]
@@ -139,22 +140,22 @@ class Matryoshka2DEmbedding(BaseEmbedding, EncoderFields):
             return await super().aget_query_embedding(query)
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self.encoder.encode_queries([query])[0].tolist()
+        return vector_lists(self.encoder.encode_queries([query]))[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self.encoder.encode_documents([text])[0].tolist()
+        return vector_lists(self.encoder.encode_documents([text]))[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self.encoder.encode_documents(texts).tolist()
+        return vector_lists(self.encoder.encode_documents(texts))
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self.encoder.aencode_queries([query]))[0].tolist()
+        return vector_lists(await self.encoder.aencode_queries([query]))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await self.encoder.aencode_documents([text]))[0].tolist()
+        return vector_lists(await self.encoder.aencode_documents([text]))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return (await self.encoder.aencode_documents(texts)).tolist()
+        return vector_lists(await self.encoder.aencode_documents(texts))
 
 
 def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str | None = None, **where: Any) -> Any:

@@ -146,4 +146,4 @@ def option_specs() -> tuple[OptionSpec, ...]:
 def _kind(annotation: Any) -> type:
     """`int | None` -> int: the one concrete type of an optional field."""
     concrete = [arg for arg in typing.get_args(annotation) if arg is not type(None)] or [annotation]
-    return concrete[0]
+    return typing.cast(type, concrete[0])

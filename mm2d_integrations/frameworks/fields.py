@@ -6,8 +6,9 @@ that `from_encoder` was given.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo
 
 from mm2d_integrations.core.encoder import EncoderHandle, Matryoshka2DEncoder
@@ -15,7 +16,7 @@ from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.frameworks.compat import from_sentence_transformers
 from mm2d_integrations.serving.remote import RemoteEncoder
 
-__all__ = ["EncoderFields", "build_encoder", "from_encoder_fields", "path_to_str", "wrapping"]
+__all__ = ["EncoderFields", "build_encoder", "from_encoder_fields", "path_to_str", "vector_lists", "wrapping"]
 
 _ENCODER = "mm2d_encoder"  # the validation context key that carries a given encoder
 _THEIR_KWARGS = ("model_kwargs", "encode_kwargs", "query_encode_kwargs")  # as HuggingFaceEmbeddings names them
@@ -50,17 +51,22 @@ class EncoderFields(EncoderOptions):
         return self._encoder.space_id
 
 
+def vector_lists(vectors: np.ndarray) -> list[list[float]]:
+    """Vectors as the frameworks take them: a list of float lists."""
+    return cast(list[list[float]], vectors.tolist())
+
+
 def path_to_str(value: Any) -> Any:
     """Folders may be given as `Path`; adapters keep them as str (serialisable)."""
     return str(value) if isinstance(value, os.PathLike) else value
 
 
-def wrapping(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
+def wrapping(encoder: Matryoshka2DEncoder | RemoteEncoder) -> dict[str, Any]:
     """The validation context under which an adapter holds `encoder` instead of building one."""
     return {_ENCODER: encoder}
 
 
-def from_encoder_fields(encoder: Matryoshka2DEncoder) -> dict[str, Any]:
+def from_encoder_fields(encoder: Matryoshka2DEncoder | RemoteEncoder) -> dict[str, Any]:
     """An adapter's field values that describe `encoder` (shown in repr and serialised configs)."""
     return {"model_name": encoder.model_name, **encoder.options.as_dict()}
 

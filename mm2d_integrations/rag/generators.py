@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.serving.remote import RemoteEncoder
 
 __all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "format_context", "sentences_of", "unique_sources"]
 
@@ -71,7 +72,7 @@ class ExtractiveAnswerer:
     """
 
     def __init__(
-        self, encoder: Matryoshka2DEncoder, *, max_sentences: int = 3, min_score: float = 0.4, margin: float = 0.12,
+        self, encoder: Matryoshka2DEncoder | RemoteEncoder, *, max_sentences: int = 3, min_score: float = 0.4, margin: float = 0.12,
         cache_size: int = 20_000,
     ) -> None:
         self.encoder = encoder

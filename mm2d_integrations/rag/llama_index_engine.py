@@ -7,7 +7,7 @@ from typing import Any
 from llama_index.core import PromptTemplate, VectorStoreIndex
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.base.response.schema import Response
+from llama_index.core.base.response.schema import RESPONSE_TYPE, Response
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore
 
@@ -43,6 +43,9 @@ def build_query_engine(index: VectorStoreIndex, generator: Any, *, similarity_to
     return index.as_query_engine(llm=generator, similarity_top_k=similarity_top_k, text_qa_template=QA_TEMPLATE)
 
 
-def to_answer(response: Response) -> Answer:
+def to_answer(response: RESPONSE_TYPE) -> Answer:
+    """Our answer from a query engine's response (a whole one: neither engine here streams)."""
+    if not isinstance(response, Response):
+        raise TypeError(f"expected a whole Response (streaming=False), got {type(response).__name__}")
     sources = (response.metadata or {}).get("sources")
     return Answer(str(response.response or "").strip(), sources if sources is not None else unique_sources(to_passages(response.source_nodes)))

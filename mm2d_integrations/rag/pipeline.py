@@ -92,10 +92,10 @@ class Store:
         client = self.existing_client()
         named = self.encoder is not None or self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
         if named:
-            encoder = self.resolved_encoder()
-            return client, encoder, open_collection(encoder, self.collection, client=client, create=False)
-        encoder = stored_encoder(self.collection, client=client, query_num_layers=self.options.query_num_layers)
-        return client, encoder, client.get_collection(self.collection)
+            given = self.resolved_encoder()
+            return client, given, open_collection(given, self.collection, client=client, create=False)
+        stored = stored_encoder(self.collection, client=client, query_num_layers=self.options.query_num_layers)
+        return client, stored, client.get_collection(self.collection)
 
 
 def index(
@@ -138,7 +138,7 @@ def writing(store: Store) -> Iterator[tuple[Matryoshka2DEncoder, Any]]:
         lock.release()
 
 
-def make_generator(name: str, encoder: Matryoshka2DEncoder, framework: Framework = "langchain") -> Any:
+def make_generator(name: str, encoder: Matryoshka2DEncoder | RemoteEncoder, framework: Framework = "langchain") -> Any:
     """`extractive` (offline, no set-up: our `ExtractiveAnswerer`), else a causal language model's hub id
     or folder as `framework`'s own local LLM class (`local_llm`)."""
     if name == EXTRACTIVE:
@@ -200,12 +200,14 @@ def _ask_funnel(question: str, funnel_index: FunnelIndex, framework: Framework, 
         from mm2d_integrations.rag.langchain_chain import build_rag_chain
 
         return build_rag_chain(FunnelRetriever(index=funnel_index, k=k, shortlist_factor=factor), generator).invoke(question)
+    from llama_index.core.base.base_query_engine import BaseQueryEngine
     from llama_index.core.query_engine import RetrieverQueryEngine
 
     from mm2d_integrations.llama_index import FunnelRetriever as LlamaFunnelRetriever
     from mm2d_integrations.rag.llama_index_engine import QA_TEMPLATE, GeneratorQueryEngine, to_answer
 
     retriever = LlamaFunnelRetriever(funnel_index, similarity_top_k=k, shortlist_factor=factor)
+    engine: BaseQueryEngine
     if isinstance(generator, Generator):
         engine = GeneratorQueryEngine(retriever=retriever, generator=generator)
     else:

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -388,7 +388,7 @@ async def _answer_unless_gone(request: Request, done: asyncio.Future) -> Any:
     return done.result()
 
 
-def _encoded(vector: np.ndarray, formats: list[str]) -> Any:
+def _encoded(vector: np.ndarray, formats: Sequence[str]) -> Any:
     values = {
         name: vector.astype("<f4").tobytes() if name == "base64" else vector.tolist() for name in formats
     }
@@ -423,6 +423,7 @@ def create_app(
             worker.cancel()
 
     app = FastAPI(title="mm2d embedding server", lifespan=lifespan)
+    assert limits.max_body_bytes is not None, "ServerLimits fills it in"
     app.add_middleware(
         _Gate, expected=f"Bearer {api_key}".encode() if api_key else None, max_body_bytes=limits.max_body_bytes, metrics=metrics
     )
