@@ -55,6 +55,18 @@ def mixed_corpus(stsb: Path) -> list[str]:
     return chunks * 4 + sentences
 
 
+def describe_machine() -> None:
+    """Print the versions, threads and CPU features that a timing depends on."""
+    import onnxruntime
+    import torch
+
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    print("CPU flags: " + " ".join(flag for flag in flags if flag.startswith(("avx", "amx", "fma"))))
+    print(f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())} on {os.cpu_count()} CPUs")
+
+
 def best_of(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
     """{name: (best wall seconds, CPU seconds of that run)}, running the contenders in turn."""
     best: dict[str, tuple[float, float]] = {name: (float("inf"), 0.0) for name in contenders}
@@ -79,37 +91,61 @@ def print_throughput(timings: dict[str, tuple[float, float]], texts: int, repeat
 _LOAD_SCRIPT = """
 import json, sys, time
 started = time.perf_counter()
-kind, path, layers, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.load(open(sys.argv[4]))
+kind, path, layers, texts, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.load(open(sys.argv[4])), sys.argv[5]
+options = json.loads(sys.argv[6])
+import torch
 if kind == "st":
     from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(path, device="cpu")
+    # options: model_kwargs, where given ({"dtype": "float32"}); else the checkpoint's stored dtype
+    model = SentenceTransformer(path, device=device, model_kwargs={k: getattr(torch, v) for k, v in options.items()} or None)
     model[0].auto_model.encoder.layer = model[0].auto_model.encoder.layer[:layers]
     encode = lambda: model.encode(texts, normalize_embeddings=True)
+    transformer, layer_list = model[0].auto_model, model[0].auto_model.encoder.layer
 else:
     from mm2d_integrations import Matryoshka2DEncoder
-    model = Matryoshka2DEncoder(path, num_layers=layers, device="cpu")
+    model = Matryoshka2DEncoder(path, num_layers=layers, device=device, **options)
     encode = lambda: model.encode_documents(texts)
+    transformer, layer_list = model.loaded_model.model, model.transformer_layers
 loaded = time.perf_counter() - started
+
+def status():
+    # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+    fields = ("VmHWM", "RssAnon", "RssFile")
+    return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(fields)}
+
+after_load = status()
 encode()
-# VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
-peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"load_s": loaded, "peak_rss_mb": peak_kb / 1024}))
+nbytes = lambda module: sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / 2**20
+print(json.dumps({
+    "load_s": loaded, "peak_rss_mb": status()["VmHWM"], "load_peak_rss_mb": after_load["VmHWM"],
+    "anon_rss_mb": after_load["RssAnon"], "file_rss_mb": after_load["RssFile"],
+    "weights_mb": nbytes(transformer), "layer_weights_mb": nbytes(layer_list),
+    "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0,
+}))
 """
 
 
-def load_and_memory(kind: str, layers: int, texts: list[str], repeats: int) -> dict[str, float]:
-    """Load time (best of `repeats`) and peak RSS of a fresh process that loads and encodes `texts`."""
+def load_and_memory(
+    kind: str, layers: int, texts: list[str], repeats: int, *, path: str | None = None, device: str = "cpu", options: dict | None = None,
+) -> dict[str, float]:
+    """Load time and memory of a fresh process that loads `path` (default: the packaged MiniLM) cut to
+    `layers` and encodes `texts`: each figure the least of `repeats` processes. `kind`: "st"
+    (sentence-transformers; `options` its model_kwargs, dtypes by name) or "ours" (`options` encoder options).
+    Peak RSS (after loading, and after encoding), anonymous and file-backed RSS after loading, the
+    transformer's and its layers' weights in MB, and peak GPU memory on a GPU."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(texts, handle)
     runs = []
     for _ in range(repeats):
-        output = subprocess.run(
-            [sys.executable, "-c", _LOAD_SCRIPT, kind, model_path(), str(layers), handle.name],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-        ).stdout
-        runs.append(json.loads(output.strip().splitlines()[-1]))
+        process = subprocess.run(
+            [sys.executable, "-c", _LOAD_SCRIPT, kind, path or model_path(), str(layers), handle.name, device, json.dumps(options or {})],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        if process.returncode:
+            raise RuntimeError(f"the {kind} process with {options} failed:\n{process.stderr[-3000:]}")
+        runs.append(json.loads(process.stdout.strip().splitlines()[-1]))
     os.unlink(handle.name)
-    return {"load_s": min(run["load_s"] for run in runs), "peak_rss_mb": min(run["peak_rss_mb"] for run in runs)}
+    return {key: min(run[key] for run in runs) for key in runs[0]}
 
 
 def quantized_onnx(encoder: Matryoshka2DEncoder, keep_float32: str | None) -> Matryoshka2DEncoder:
@@ -173,14 +209,9 @@ def main() -> None:
     parser.add_argument("--chroma-vectors", type=int, default=20_000)
     parser.add_argument("--throughput-only", action="store_true", help="stop after the throughput table (skip latency, memory, Chroma)")
     args = parser.parse_args()
-    import onnxruntime
-    import torch
     from sentence_transformers import SentenceTransformer
 
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
-    print("CPU flags: " + " ".join(flag for flag in flags if flag.startswith(("avx", "amx", "fma"))))
+    describe_machine()
     texts = mixed_corpus(args.stsb)
     print(f"corpus: {len(texts)} texts, {sum(map(len, texts)) / len(texts):.0f} characters on average\n")
     path = model_path()
