@@ -52,6 +52,7 @@ except ImportError as error:
 __all__ = [
     "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit", "MissingIndex", "StoreUnavailable",
     "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "check_stored_vectors", "chroma_client", "encoder_config", "has_collection", "open_collection",
+    "stored_vector_cosines",
     "open_store", "rows_folder", "stored_embedding_function", "stored_ids",
 ]
 
@@ -334,9 +335,26 @@ def _with_function(client: ClientAPI, name: str, function: Matryoshka2DEmbedding
 def check_stored_vectors(
     collection: Collection, encoder: Matryoshka2DEncoder | RemoteEncoder, embedded_text: Callable[[str, dict[str, Any]], str] | None = None
 ) -> float:
-    """Embed up to `ADOPT_SAMPLE` stored documents, spread over the collection, and compare them with their
-    stored vectors: the least cosine, or an `EmbeddingSpaceMismatch` naming it when it is under
-    `ADOPT_MIN_COSINE` (another model, depth, width, pooling or prompt made them). Reads only."""
+    """The least of `stored_vector_cosines`, or an `EmbeddingSpaceMismatch` naming it when it is under
+    `ADOPT_MIN_COSINE` (another model, depth, width, pooling or prompt made the stored vectors)."""
+    cosines = stored_vector_cosines(collection, encoder, embedded_text)
+    least = float(cosines.min())
+    if least < ADOPT_MIN_COSINE:
+        reduced = [f"{name}={value!r}" for name, value in encoder.options.as_dict().items() if name in ("compute_precision", "dtype") and value not in (None, "float32")]
+        approximate = f" ({', '.join(reduced)} moves vectors too: adopt with float32, then open it with {', '.join(reduced)})" if reduced else ""
+        raise EmbeddingSpaceMismatch(
+            f"collection {collection.name!r} was not embedded by {describe(encoder_config(encoder))}: {len(cosines)} of its "
+            f"{collection.count()} documents embedded again give cosine {least:.4f} at least (mean {float(cosines.mean()):.4f}) to their "
+            f"stored vectors, under {ADOPT_MIN_COSINE}{approximate}. Open it with the configuration that made it, or index into another collection."
+        )
+    return least
+
+
+def stored_vector_cosines(
+    collection: Collection, encoder: Matryoshka2DEncoder | RemoteEncoder, embedded_text: Callable[[str, dict[str, Any]], str] | None = None
+) -> np.ndarray:
+    """The cosine of each of up to `ADOPT_SAMPLE` stored documents, spread over the collection and embedded
+    again by `encoder`, to its stored vector (`embedded_text`: see `open_collection`). Reads only."""
     count = collection.count()
     offsets = sorted({round(step * (count - 1) / max(1, ADOPT_SAMPLE - 1)) for step in range(min(ADOPT_SAMPLE, count))})
     texts, stored = [], []
@@ -354,15 +372,7 @@ def check_stored_vectors(
             f"collection {collection.name!r} holds {width}-dimensional vectors; {describe(encoder_config(encoder))} gives {encoder.dimensions}"
         )
     ours, theirs = encoder.encode_documents(texts), np.stack(stored)
-    cosines = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
-    least = float(cosines.min())
-    if least < ADOPT_MIN_COSINE:
-        raise EmbeddingSpaceMismatch(
-            f"collection {collection.name!r} was not embedded by {describe(encoder_config(encoder))}: {len(texts)} of its "
-            f"{count} documents embedded again give cosine {least:.4f} at least (mean {float(cosines.mean()):.4f}) to their "
-            f"stored vectors, under {ADOPT_MIN_COSINE}. Open it with the configuration that made it, or index into another collection."
-        )
-    return least
+    return np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
 
 
 def open_store(
