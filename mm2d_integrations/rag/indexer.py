@@ -134,7 +134,7 @@ def exactly_by_default(documents: DocumentsInput) -> bool:
     return isinstance(documents, (str, Path, LoadedFolder))
 
 
-_CHUNK_ID = re.compile(r".+#[0-9]+#[0-9a-f]{16}")  # documents.chunk_id's form
+_CHUNK_ID = re.compile(r".+#[0-9]+#[0-9a-f]+")  # documents.chunk_id's form: source#index#content hash
 
 
 def source_of(chunk_id: str) -> str:
