@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -51,11 +51,14 @@ except ImportError as error:
 
 __all__ = [
     "DEFAULT_COLLECTION", "DEFAULT_PERSIST_DIR", "EmbeddingSpaceMismatch", "FunnelIndex", "Hit", "MissingIndex", "StoreUnavailable",
-    "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "chroma_client", "encoder_config", "has_collection", "open_collection",
-    "open_store", "rows_folder", "stored_embedding_function", "stored_encoder", "stored_ids",
+    "Matryoshka2DEmbeddingFunction", "as_encoder", "check_collection_name", "check_stored_vectors", "chroma_client", "encoder_config",
+    "has_collection", "open_collection", "open_store", "rows_folder", "stored_embedding_function", "stored_encoder", "stored_ids",
+    "stored_vector_cosines",
 ]
 
 FINGERPRINT_KEY = "mm2d_fingerprint"
+ADOPT_SAMPLE = 32  # stored documents embedded again to adopt a collection
+ADOPT_MIN_COSINE = 0.999  # the least cosine of a sample to its stored vectors for one embedding space (float32 runs of one model: > 0.9999)
 ROWS_FOLDER = "mm2d-rows"  # beside chroma.sqlite3: one folder of vector rows per funnel's full collection
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _DAMAGED = "it may be damaged: move it aside and index again"
@@ -261,10 +264,23 @@ def as_encoder(embedder: Any) -> Matryoshka2DEncoder | RemoteEncoder:
 
 
 def open_collection(
-    embedder: Any, name: str = DEFAULT_COLLECTION, *, client: ClientAPI | None = None, create: bool = True
+    embedder: Any,
+    name: str = DEFAULT_COLLECTION,
+    *,
+    client: ClientAPI | None = None,
+    create: bool = True,
+    adopt: bool = False,
+    embedded_text: Callable[[str, dict[str, Any]], str] | None = None,
 ) -> Collection:
     """The collection `name`, created for `embedder`'s space or checked against the one it records.
-    With `create=False` a collection that does not exist is a `MissingIndex`."""
+    With `create=False` a collection that does not exist is a `MissingIndex`.
+
+    `adopt`: take over a collection that records no configuration but holds vectors (one built with
+    plain Chroma, `langchain_chroma.Chroma` or LlamaIndex's `ChromaVectorStore`): a sample of its
+    documents is embedded again and compared with their stored vectors (`check_stored_vectors`); the
+    configuration is recorded when they agree, else it is an `EmbeddingSpaceMismatch` giving the cosine.
+    `embedded_text`: the text that was embedded for a stored document and its metadata, where that is
+    not the document itself (LlamaIndex embeds metadata with the text)."""
     check_collection_name(name)
     client = client or chroma_client()
     if not create and not has_collection(client, name):
@@ -272,19 +288,17 @@ def open_collection(
     encoder = as_encoder(embedder)
     function = embedder if isinstance(embedder, Matryoshka2DEmbeddingFunction) else Matryoshka2DEmbeddingFunction(encoder=encoder)
     current = function.get_config()
-    collection = client.get_or_create_collection(
-        name,
-        embedding_function=cast("EmbeddingFunction[Embeddable]", function),  # chromadb's type rejects a text-only function
-        metadata={FINGERPRINT_KEY: json.dumps(current, sort_keys=True)},
-        configuration={"hnsw": {"space": "cosine"}},
-    )
+    collection = _with_function(client, name, function)
     stored_json = (collection.metadata or {}).get(FINGERPRINT_KEY)
     if stored_json is None:
-        if collection.count():
+        if collection.count() and not adopt:
             raise EmbeddingSpaceMismatch(
                 f"collection {name!r} holds {collection.count()} vectors of an unknown embedding configuration; "
-                f"use another collection for {describe(current)}"
+                f"use another collection for {describe(current)}, or, if they were made by this configuration "
+                "elsewhere (plain Chroma, langchain_chroma), pass adopt=True (mm2d index --adopt) to check a sample and take it over"
             )
+        if collection.count():
+            check_stored_vectors(collection, encoder, embedded_text)
         collection.modify(metadata={**(collection.metadata or {}), FINGERPRINT_KEY: json.dumps(current, sort_keys=True)})
         return collection
     stored = json.loads(stored_json)
@@ -298,6 +312,69 @@ def open_collection(
     return collection
 
 
+def _with_function(client: ClientAPI, name: str, function: Matryoshka2DEmbeddingFunction) -> Collection:
+    """The collection `name` (created for `function`'s space when missing), embedding with `function`.
+
+    A collection that plain chromadb made records its own function (chroma's default): chroma refuses a
+    second one there and asks to embed separately. That collection is opened without a function and
+    given `function` to embed with; what it records is left as it is (chroma refuses to change it)."""
+    if has_collection(client, name):
+        existing = client.get_collection(name, embedding_function=None)
+        recorded = (existing.configuration_json or {}).get("embedding_function") or {}
+        if recorded.get("name") not in (None, function.name()):
+            existing._embedding_function = function  # chroma has no public way to embed with another function
+            return existing
+    return client.get_or_create_collection(
+        name,
+        embedding_function=cast("EmbeddingFunction[Embeddable]", function),  # chromadb's type rejects a text-only function
+        metadata={FINGERPRINT_KEY: json.dumps(function.get_config(), sort_keys=True)},
+        configuration={"hnsw": {"space": "cosine"}},
+    )
+
+
+def check_stored_vectors(
+    collection: Collection, encoder: Matryoshka2DEncoder | RemoteEncoder, embedded_text: Callable[[str, dict[str, Any]], str] | None = None
+) -> float:
+    """The least of `stored_vector_cosines`, or an `EmbeddingSpaceMismatch` naming it when it is under
+    `ADOPT_MIN_COSINE` (another model, depth, width, pooling or prompt made the stored vectors)."""
+    cosines = stored_vector_cosines(collection, encoder, embedded_text)
+    least = float(cosines.min())
+    if least < ADOPT_MIN_COSINE:
+        reduced = [f"{name}={value!r}" for name, value in encoder.options.as_dict().items() if name in ("compute_precision", "dtype") and value not in (None, "float32")]
+        approximate = f" ({', '.join(reduced)} moves vectors too: adopt with float32, then open it with {', '.join(reduced)})" if reduced else ""
+        raise EmbeddingSpaceMismatch(
+            f"collection {collection.name!r} was not embedded by {describe(encoder_config(encoder))}: {len(cosines)} of its "
+            f"{collection.count()} documents embedded again give cosine {least:.4f} at least (mean {float(cosines.mean()):.4f}) to their "
+            f"stored vectors, under {ADOPT_MIN_COSINE}{approximate}. Open it with the configuration that made it, or index into another collection."
+        )
+    return least
+
+
+def stored_vector_cosines(
+    collection: Collection, encoder: Matryoshka2DEncoder | RemoteEncoder, embedded_text: Callable[[str, dict[str, Any]], str] | None = None
+) -> np.ndarray:
+    """The cosine of each of up to `ADOPT_SAMPLE` stored documents, spread over the collection and embedded
+    again by `encoder`, to its stored vector (`embedded_text`: see `open_collection`). Reads only."""
+    count = collection.count()
+    offsets = sorted({round(step * (count - 1) / max(1, ADOPT_SAMPLE - 1)) for step in range(min(ADOPT_SAMPLE, count))})
+    texts, stored = [], []
+    for offset in offsets:
+        record = collection.get(limit=1, offset=offset, include=["documents", "embeddings", "metadatas"])
+        if record["ids"] and record["documents"][0] is not None:
+            document, metadata = record["documents"][0], record["metadatas"][0] or {}
+            texts.append(embedded_text(document, metadata) if embedded_text else document)
+            stored.append(np.asarray(record["embeddings"][0], dtype=np.float32))
+    if not texts:
+        raise EmbeddingSpaceMismatch(f"collection {collection.name!r} stores no documents beside its vectors: there is nothing to embed again and compare")
+    width = stored[0].shape[0]
+    if width != encoder.dimensions:
+        raise EmbeddingSpaceMismatch(
+            f"collection {collection.name!r} holds {width}-dimensional vectors; {describe(encoder_config(encoder))} gives {encoder.dimensions}"
+        )
+    ours, theirs = encoder.encode_documents(texts), np.stack(stored)
+    return np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
+
+
 def open_store(
     embedder: Any,
     collection_name: str | None = None,
@@ -306,10 +383,12 @@ def open_store(
     host: str | None = None,
     port: int | None = None,
     client: ClientAPI | None = None,
+    adopt: bool = False,
+    embedded_text: Callable[[str, dict[str, Any]], str] | None = None,
 ) -> tuple[ClientAPI, Collection]:
-    """`open_collection` on `client`, or on the client that `persist_dir` or `host`/`port` name."""
+    """`open_collection` on `client`, or on the client that `persist_dir` or `host`/`port` name (`adopt`, `embedded_text`: as there)."""
     client = client or chroma_client(persist_dir, host, port)
-    return client, open_collection(embedder, collection_name or DEFAULT_COLLECTION, client=client)
+    return client, open_collection(embedder, collection_name or DEFAULT_COLLECTION, client=client, adopt=adopt, embedded_text=embedded_text)
 
 
 def stored_encoder(name: str = DEFAULT_COLLECTION, *, client: ClientAPI, query_num_layers: int | None = None) -> Matryoshka2DEncoder | RemoteEncoder:
@@ -374,8 +453,10 @@ class FunnelIndex:
         shortlist_dims: int,
         client: ClientAPI | None = None,
         create: bool = True,
+        adopt: bool = False,
     ) -> None:
-        """`create=False`: both collections must exist (to search), else `MissingIndex`."""
+        """`create=False`: both collections must exist (to search), else `MissingIndex`; `adopt`: the full
+        collection may be one built elsewhere (see `open_collection`)."""
         self.encoder = as_encoder(embedder)
         self.shortlist_dims = check_shortlist_dims(shortlist_dims, self.encoder.dimensions)
         client = client or chroma_client()
@@ -383,7 +464,7 @@ class FunnelIndex:
         short = short_collection_name(name, shortlist_dims)
         if not create and has_collection(client, name) and not has_collection(client, short):
             raise MissingIndex(f"collection {name!r} has no shortlist collection {short!r} (made by indexing with shortlist_dims={shortlist_dims})")
-        self.full = open_collection(self.encoder, name, client=client, create=create)
+        self.full = open_collection(self.encoder, name, client=client, create=create, adopt=adopt)
         self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short, client=client, create=create)
         folder = rows_folder(client, name)
         self.rows = VectorRows(folder, self.encoder.dimensions, owner=str(self.full.id)) if folder else None

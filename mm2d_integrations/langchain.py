@@ -102,10 +102,12 @@ def cache_backed_embeddings(
     )
 
 
-def chroma_vector_store(embeddings: Matryoshka2DEmbeddings, collection_name: str | None = None, **where: Any) -> Any:
+def chroma_vector_store(embeddings: Matryoshka2DEmbeddings, collection_name: str | None = None, *, adopt: bool = False, **where: Any) -> Any:
     """A `langchain_chroma.Chroma` over a collection checked to hold `embeddings`' vector space.
 
-    `where`: `persist_dir`, `host` and `port`, or `client` (see `chroma.open_store`).
+    `where`: `persist_dir`, `host` and `port`, or `client` (see `chroma.open_store`). `adopt`: take over a
+    collection built with plain `Chroma(...)` / `Chroma.from_documents`, once a sample of its documents
+    embedded again matches their stored vectors (`chroma.open_collection`).
     """
     try:
         from langchain_chroma import Chroma
@@ -114,7 +116,7 @@ def chroma_vector_store(embeddings: Matryoshka2DEmbeddings, collection_name: str
     except ImportError as error:
         raise ImportError(install_hint("langchain_chroma", "rag")) from error
 
-    client, collection = open_store(embeddings, collection_name, **where)
+    client, collection = open_store(embeddings, collection_name, adopt=adopt, **where)
     return Chroma(
         client=client, collection_name=collection.name, embedding_function=embeddings,
         create_collection_if_not_exists=False,

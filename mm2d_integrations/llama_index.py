@@ -124,6 +124,14 @@ class Matryoshka2DEmbedding(BaseEmbedding, EncoderFields):
             state["__dict__"].setdefault(name, field.get_default(call_default_factory=True))
         BaseModel.__setstate__(self, state)
 
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """LlamaIndex's serialised form (`to_json`, ingestion caches), naming the model by a reference that
+        resolves in another environment (`package:<module>` for a packaged model, as Chroma's stored
+        configuration does), not by this machine's site-packages path."""
+        data = super().to_dict(**kwargs)
+        data["model_name"] = self._encoder.recipe.model
+        return data
+
     @classmethod
     def from_encoder(cls, encoder: Matryoshka2DEncoder | RemoteEncoder) -> Matryoshka2DEmbedding:
         """An embedding that uses `encoder` itself (its loaded model and every option it was built with)."""
@@ -158,11 +166,13 @@ class Matryoshka2DEmbedding(BaseEmbedding, EncoderFields):
         return vector_lists(await self.encoder.aencode_documents(texts))
 
 
-def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str | None = None, **where: Any) -> Any:
+def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str | None = None, *, adopt: bool = False, **where: Any) -> Any:
     """A `ChromaVectorStore` over a collection checked to hold `embedding`'s vector space.
 
     `where`: `persist_dir`, `host` and `port`, or `client` (see `chroma.open_store`). Build the index
     with the same `embedding`: `VectorStoreIndex.from_vector_store(store, embed_model=embedding)`.
+    `adopt`: take over a collection built with a plain `ChromaVectorStore`, once a sample of its nodes
+    embedded again (their text with the metadata LlamaIndex embedded) matches their stored vectors (`chroma.open_collection`).
     """
     try:
         from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -171,8 +181,19 @@ def chroma_vector_store(embedding: Matryoshka2DEmbedding, collection_name: str |
     except ImportError as error:
         raise ImportError(install_hint("llama_index.vector_stores.chroma", "rag")) from error
 
-    _, collection = open_store(embedding, collection_name, **where)
+    _, collection = open_store(embedding, collection_name, adopt=adopt, embedded_text=_embedded_text, **where)
     return ChromaVectorStore(chroma_collection=collection)
+
+
+def _embedded_text(document: str, metadata: dict[str, Any]) -> str:
+    """What a `VectorStoreIndex` embedded for a node that `ChromaVectorStore` stored: its text with the
+    metadata it lets the embedding see (kept, with the node, in `_node_content`); the document where there is none."""
+    if "_node_content" not in metadata:
+        return document
+    from llama_index.core.schema import MetadataMode
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+    return metadata_dict_to_node(metadata, text=document).get_content(metadata_mode=MetadataMode.EMBED)
 
 
 class FunnelRetriever(BaseRetriever):

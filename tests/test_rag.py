@@ -261,5 +261,5 @@ def test_framework_documents_are_indexed_with_their_metadata_and_kept_incrementa
     assert (report.added, report.removed) == (1, 1) and {source_of(i) for i in stored_ids(collection)} == {"web/parking", "canteen-page"}
     report = index(edited, store, exactly=True)
     assert (report.added, report.removed) == (0, 1) and {source_of(i) for i in stored_ids(collection)} == {"web/parking"}
-    with pytest.raises(ValueError, match=r"documents\[0\] has neither metadata\['source'\] nor an id"):
+    with pytest.raises(ValueError, match=r"documents\[0\] has no metadata source, file_path, file_name, url and no id"):
         index([LangChainDocument("no source")], store)

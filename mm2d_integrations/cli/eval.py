@@ -79,8 +79,10 @@ def _run(args: argparse.Namespace) -> int:
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote the grid as JSON to {args.json}")
     if args.plot:
         save_heatmap(result, args.plot)
+        print(f"wrote the heatmap to {args.plot}")
     return 0
 
 

@@ -66,7 +66,7 @@ def _print_answer(answer: Answer) -> None:
 def _index(args: argparse.Namespace) -> int:
     if args.ray_actors is not None and args.ray is None:
         raise ValueError("--ray-actors counts the actors of --ray: give --ray too")
-    store = _store(args, shortlist_dims=args.shortlist_dims)
+    store = _store(args, shortlist_dims=args.shortlist_dims, adopt=args.adopt)
     if args.ray is not None:
         from mm2d_integrations.rag.ray_indexer import index_on_ray  # the ray extra
 
@@ -131,6 +131,11 @@ def add_rag_commands(commands: Any) -> None:
         "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
         help="read, chunk and embed on a Ray cluster, writing to the store as vectors arrive: alone, a cluster started "
         "here for the run; auto (ray start), HOST:PORT or ray://HOST:10001 to join one (pip install 'mm2d-integrations[ray]')",
+    )
+    index_parser.add_argument(
+        "--adopt", action="store_true",
+        help="take over a collection built elsewhere (plain Chroma, langchain_chroma): up to 32 of its documents are embedded "
+        "again and must match their stored vectors (cosine >= 0.999); its own records are kept",
     )
     index_parser.add_argument("--ray-actors", type=int, default=None, metavar="N", help="embedding actors with --ray (default: one per CPU)")
     index_parser.set_defaults(run=_index)

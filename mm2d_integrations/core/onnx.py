@@ -9,6 +9,7 @@ serves several depths); pooling, exit heads and truncation stay in the encoder, 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import tempfile
 import threading
@@ -51,6 +52,10 @@ def hidden_state_names(num_layers: int) -> list[str]:
 def export_graph(module: torch.nn.Module, path: Path, output_names: list[str]) -> None:
     """`module(input_ids, attention_mask)` as an ONNX graph with dynamic batch and sequence axes,
     written to a temporary file and moved to `path`."""
+    try:
+        importlib.import_module("onnx")  # torch's exporter writes the graph with it
+    except ImportError as error:
+        raise ImportError(install_hint("onnx", "onnx")) from error
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     axes = {name: {0: "batch", 1: "sequence"} for name in [*_INPUTS, *output_names]}
     path.parent.mkdir(parents=True, exist_ok=True)

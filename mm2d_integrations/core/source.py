@@ -71,17 +71,21 @@ class ModelSource:
         if self.local_dir is not None:
             candidate = self.local_dir / filename
             return candidate if candidate.is_file() else None
-        from huggingface_hub import hf_hub_download  # only hub ids need the hub client
+        from huggingface_hub import constants, hf_hub_download  # only hub ids need the hub client
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
             return Path(hf_hub_download(self.name, filename, revision=self.revision, cache_dir=self.cache_dir))
+        except LocalEntryNotFoundError as error:  # a subclass of EntryNotFoundError: caught first
+            # Not in the local cache and not downloadable now: absent unless it is the config, without which nothing loads.
+            if filename != "config.json":
+                return None
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
+            raise FileNotFoundError(
+                f"model {self.name!r} is not in the local Hugging Face cache and {why}: download it once online "
+                "(unset HF_HUB_OFFLINE), or give a local folder or package:<module>"
+            ) from error
         except EntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError:
-            # Offline and not cached: absent unless the config itself is missing too.
-            if filename == "config.json":
-                raise
             return None
 
     def json(self, filename: str) -> Any:

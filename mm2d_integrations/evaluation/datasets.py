@@ -23,6 +23,8 @@ class StsPairs:
 def read_sts(path: str | Path) -> StsPairs:
     """STS Benchmark layout (score in column 5, sentences in 6 and 7, extra columns ignored)
     or plain `score<TAB>s1<TAB>s2`."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"STS file {str(path)!r} {'is a folder, not a file' if Path(path).is_dir() else 'does not exist'}")
     scores: list[float] = []
     first: list[str] = []
     second: list[str] = []

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.retrieval.documents import document_source
 from mm2d_integrations.serving.remote import RemoteEncoder
 
 __all__ = ["Answer", "EXTRACTIVE", "ExtractiveAnswerer", "Generator", "NOTHING_RELEVANT", "Passage", "QUESTION_PROMPT", "SYSTEM_PROMPT", "format_context", "sentences_of", "unique_sources"]
@@ -28,6 +31,13 @@ NOTHING_RELEVANT = "Nothing relevant to this question was found in the indexed d
 class Passage:
     text: str
     source: str
+
+    @classmethod
+    def retrieved(cls, text: str, metadata: Mapping[str, Any] | None, document_id: str | None) -> Passage:
+        """A retrieved document's text under its source: the loaders' metadata keys, else its id
+        (`documents.document_source`), else a hash of its text, so that an answer never cites an unnamed source."""
+        source = document_source(metadata, document_id) or f"text:{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+        return cls(text, source)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -105,8 +106,12 @@ def write_chunks(
 
 def remove_stale(collection: Any, existing: set[str], wanted: Collection[str], sources: Collection[str] | None) -> int:
     """Delete the held chunks (`existing`) that are not `wanted`: all of them (`sources` None: the collection
-    holds exactly what was indexed), or only those of the indexed `sources`. Returns how many went."""
-    stale = sorted(chunk_id for chunk_id in existing - set(wanted) if sources is None or source_of(chunk_id) in sources)
+    holds exactly what was indexed), or only those of the indexed `sources`. Records whose ids are not chunk
+    ids (those of a collection built elsewhere and adopted) are never deleted. Returns how many went."""
+    stale = sorted(
+        chunk_id for chunk_id in existing - set(wanted)
+        if _CHUNK_ID.fullmatch(chunk_id) and (sources is None or source_of(chunk_id) in sources)
+    )
     for start in range(0, len(stale), 5000):
         _retried(functools.partial(collection.delete, ids=stale[start : start + 5000]), "deleting stale chunks")
     return len(stale)
@@ -127,6 +132,9 @@ def read_input(documents: DocumentsInput) -> LoadedFolder:
 def exactly_by_default(documents: DocumentsInput) -> bool:
     """A folder is indexed exactly (its removed files' chunks go); a list of documents adds to the index."""
     return isinstance(documents, (str, Path, LoadedFolder))
+
+
+_CHUNK_ID = re.compile(r".+#[0-9]+#[0-9a-f]+")  # documents.chunk_id's form: source#index#content hash
 
 
 def source_of(chunk_id: str) -> str:

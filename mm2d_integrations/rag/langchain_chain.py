@@ -25,7 +25,7 @@ PROMPT = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", 
 
 
 def to_passages(documents: list[Document]) -> list[Passage]:
-    return [Passage(document.page_content, str(document.metadata.get("source", "?"))) for document in documents]
+    return [Passage.retrieved(document.page_content, document.metadata, document.id) for document in documents]
 
 
 def build_rag_chain(retriever: Runnable[str, list[Document]], generator: Any) -> Runnable[str, Answer]:

@@ -21,7 +21,7 @@ QA_TEMPLATE = PromptTemplate(
 
 
 def to_passages(nodes: list[NodeWithScore]) -> list[Passage]:
-    return [Passage(node.node.get_content(), str(node.node.metadata.get("source", "?"))) for node in nodes]
+    return [Passage.retrieved(node.node.get_content(), node.node.metadata, node.node.node_id) for node in nodes]
 
 
 class GeneratorQueryEngine(CustomQueryEngine):

@@ -41,6 +41,8 @@ class Store:
     """An encoder to use as it is, instead of one built from `model` and `options`."""
     shortlist_dims: int | None = None
     """When set, `index` also keeps the vectors' first `shortlist_dims` components, for funnel retrieval."""
+    adopt: bool = False
+    """`index` may take over a collection built elsewhere, once a sample of it checks out (`chroma.open_collection`)."""
 
     def __post_init__(self) -> None:
         check_collection_name(self.collection)  # before any model loads
@@ -131,9 +133,9 @@ def writing(store: Store) -> Iterator[tuple[Matryoshka2DEncoder, Any]]:
         client = store.client()
         encoder = store.resolved_encoder()
         if store.shortlist_dims is None:
-            yield encoder, open_collection(encoder, store.collection, client=client)
+            yield encoder, open_collection(encoder, store.collection, client=client, adopt=store.adopt)
         else:
-            yield encoder, FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client)
+            yield encoder, FunnelIndex(encoder, store.collection, shortlist_dims=store.shortlist_dims, client=client, adopt=store.adopt)
     finally:
         lock.release()
 

@@ -9,7 +9,7 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from mm2d_integrations.core.validation import install_hint
 
 __all__ = [
-    "CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "Chunking", "LoadedFolder", "SourceDocument", "TokenCounter", "chunk_id", "from_framework_documents",
-    "file_kind", "html_to_text", "list_folder", "load_folder", "read_document", "split_documents", "warn_skipped",
+    "CHUNK_OVERLAP", "CHUNK_SIZE", "SOURCE_KEYS", "Chunk", "Chunking", "LoadedFolder", "SourceDocument", "TokenCounter", "chunk_id",
+    "document_source", "file_kind", "from_framework_documents", "html_to_text", "list_folder", "load_folder", "read_document",
+    "split_documents", "warn_skipped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ CHUNK_OVERLAP = 100
 TOKEN_OVERLAP_SHARE = 8  # token chunks overlap by 1/8 of their size, as 100 of 800 characters do
 
 Metadata = dict[str, str | int | float | bool]
+
+SOURCE_KEYS = ("source", "file_path", "file_name", "url")
+"""The metadata keys that name where a document came from, in the order they are tried: LangChain's
+loaders write `source`, LlamaIndex's readers `file_path` and `file_name`, web and API loaders `url`."""
+
+
+def document_source(metadata: Mapping[str, Any] | None, document_id: str | None = None) -> str | None:
+    """Where a document came from: the first of `SOURCE_KEYS` its metadata holds, else its id; None when it has neither."""
+    found = next((metadata[key] for key in SOURCE_KEYS if metadata and metadata.get(key)), None) or document_id
+    return str(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -202,8 +213,10 @@ def list_folder(folder: str | Path) -> tuple[Path, list[tuple[str, str | None]]]
     """The resolved folder, and its files in order (paths relative to it, with '/'), each with the reason
     it must not be read, or None for a file to read (`read_document`)."""
     root = Path(folder).resolve()
+    if root.is_file():
+        raise FileNotFoundError(f"document folder {str(folder)!r} is a file, not a folder: give the folder that holds it")
     if not root.is_dir():
-        raise FileNotFoundError(f"document folder {str(folder)!r} does not exist or is not a folder")
+        raise FileNotFoundError(f"document folder {str(folder)!r} does not exist")
     try:
         os.scandir(root).close()
     except OSError as error:
@@ -303,7 +316,7 @@ def from_framework_documents(documents: Iterable[Any]) -> list[SourceDocument]:
     """LangChain (`langchain_core.documents.Document`) or LlamaIndex (`llama_index.core.Document`)
     documents as ours, so that any of their loaders (docx, pptx, web) feeds the indexer.
 
-    A document's source is its metadata `source`, else `file_path` (LlamaIndex's readers), else its id; its scalar metadata is kept with each
+    A document's source is the first of its metadata's `SOURCE_KEYS`, else its id (`document_source`); its scalar metadata is kept with each
     chunk (Chroma stores no lists or dicts). Two documents with one source are a ValueError, as their
     chunks' ids would collide.
     """
@@ -315,10 +328,11 @@ def from_framework_documents(documents: Iterable[Any]) -> list[SourceDocument]:
         if not isinstance(text, str):
             raise TypeError(f"documents[{position}] is a {type(document).__name__}, not a LangChain or LlamaIndex Document")
         metadata = dict(getattr(document, "metadata", None) or {})
-        source = metadata.get("source") or metadata.get("file_path") or getattr(document, "id", None) or getattr(document, "id_", None)
-        if not source:
-            raise ValueError(f"documents[{position}] has neither metadata['source'] nor an id: give it one, so that re-indexing finds it again")
-        source = str(source)
+        source = document_source(metadata, getattr(document, "id", None) or getattr(document, "id_", None))
+        if source is None:
+            raise ValueError(
+                f"documents[{position}] has no metadata {', '.join(SOURCE_KEYS)} and no id: give it one, so that re-indexing finds it again"
+            )
         if source in converted:
             raise ValueError(f"documents[{position}] has the source {source!r} of an earlier document; sources must be unique")
         kept = {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool)) and key not in ("source", "chunk")}
