@@ -322,7 +322,7 @@ def _with_function(client: ClientAPI, name: str, function: Matryoshka2DEmbedding
         existing = client.get_collection(name, embedding_function=None)
         recorded = (existing.configuration_json or {}).get("embedding_function") or {}
         if recorded.get("name") not in (None, function.name()):
-            existing._embedding_function = function  # chroma has no public way to embed with another function
+            existing._embedding_function = cast("EmbeddingFunction[Embeddable]", function)  # chroma has no public way to embed with another function
             return existing
     return client.get_or_create_collection(
         name,
@@ -360,10 +360,12 @@ def stored_vector_cosines(
     texts, stored = [], []
     for offset in offsets:
         record = collection.get(limit=1, offset=offset, include=["documents", "embeddings", "metadatas"])
-        if record["ids"] and record["documents"][0] is not None:
-            document, metadata = record["documents"][0], record["metadatas"][0] or {}
+        documents, metadatas, embeddings = record["documents"], record["metadatas"], record["embeddings"]
+        assert documents is not None and metadatas is not None and embeddings is not None, "included"
+        if record["ids"] and documents[0] is not None:
+            document, metadata = documents[0], dict(metadatas[0] or {})
             texts.append(embedded_text(document, metadata) if embedded_text else document)
-            stored.append(np.asarray(record["embeddings"][0], dtype=np.float32))
+            stored.append(np.asarray(embeddings[0], dtype=np.float32))
     if not texts:
         raise EmbeddingSpaceMismatch(f"collection {collection.name!r} stores no documents beside its vectors: there is nothing to embed again and compare")
     width = stored[0].shape[0]
@@ -372,7 +374,8 @@ def stored_vector_cosines(
             f"collection {collection.name!r} holds {width}-dimensional vectors; {describe(encoder_config(encoder))} gives {encoder.dimensions}"
         )
     ours, theirs = encoder.encode_documents(texts), np.stack(stored)
-    return np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
+    cosines: np.ndarray = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1) + 1e-12)
+    return cosines
 
 
 def open_store(

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from mm2d_integrations import __version__
-from mm2d_integrations.backends.remote import RemoteEmbeddingError
 from mm2d_integrations.cli.adapt import add_adapt_command
 from mm2d_integrations.cli.embed import add_embed_command
 from mm2d_integrations.cli.eval import add_eval_command
 from mm2d_integrations.cli.export import add_export_command
 from mm2d_integrations.cli.rag import add_rag_commands
 from mm2d_integrations.cli.serve import add_serve_command
+from mm2d_integrations.serving.remote import RemoteEmbeddingError
 
 DEBUG_VARIABLE = "MM2D_DEBUG"
 ISSUES = "https://github.com/mm2d/mm2d-integrations/issues"
