@@ -421,15 +421,16 @@ class Matryoshka2DEncoder:
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
 
     def _pad(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids and their attention mask."""
-        pad = self._loaded.tokenizer.pad_token_id or 0
-        longest = max(len(ids) for ids in token_ids)
-        input_ids = np.full((len(token_ids), longest), pad, dtype=np.int64)
-        mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+        """Right-padded ids and their attention mask, by the tokenizer's own `pad` (right: last-token
+        pooling reads the last unmasked position), as transformers' collators call it: older versions
+        advise a fast tokenizer's `__call__` instead, but these texts were tokenized once already."""
+        from transformers.data.data_collator import pad_without_fast_tokenizer_warning  # 11 ms: on first use, not at import
+
+        with self._loaded.tokenizer_lock:
+            padded = pad_without_fast_tokenizer_warning(
+                self._loaded.tokenizer, {"input_ids": token_ids}, padding=True, padding_side="right", return_tensors="np"
+            )  # numpy, then torch: torch.tensor of nested lists takes 4x as long
+        return torch.from_numpy(padded["input_ids"]).to(self.device), torch.from_numpy(padded["attention_mask"]).to(self.device)
 
     @torch.inference_mode()
     def _forward(self, token_ids: list[list[int]], num_layers: list[int], skipped: int = 0, side: str = "document") -> dict[int, np.ndarray]:

@@ -225,6 +225,8 @@ def _load(
     if len(layer_list(model, stack)) != kept:
         raise RuntimeError(f"model {source.name!r} loaded with the wrong number of layers")
     tokenizer = AutoTokenizer.from_pretrained(source.location, **hub)
+    if tokenizer.pad_token_id is None:  # padded positions are masked out, so any id pads: 0, as ever
+        tokenizer.pad_token_id = 0
     known = KNOWN_MODELS.get(source.name, ModelSettings())
     settings = read_sentence_transformers_settings(source).filled_from(known)
     if settings.max_length is None:
