@@ -140,7 +140,9 @@ def test_the_sample_folders_html_gives_the_same_chunks_and_ids() -> None:
         ('<?xml version="1.0" encoding="utf-8"?><html><body><p>declared</p></body></html>', "declared"),
         ("<title>T</title><p>a<br>b</p><table><tr><th>k</th><td>v</td></tr><tr><td>x</td><td>y</td></tr></table>", "T\na\nb\nk v\nx y"),
         ("<p>hidden:<script>s()</script><style>p{}</style><template>t</template><noscript>n</noscript> kept</p>", "hidden: kept"),
-        ("<ul><li>one &amp; two</li><li>  spaced\n   out  </li></ul>", "one & two\nspaced\nout"),
+        # a line break in the page's source is a space, as a browser shows it (the hand-written
+        # extractor broke the line there; no sample file has one)
+        ("<ul><li>one &amp; two</li><li>  spaced\n   out  </li></ul>", "one & two\nspaced out"),
         ("<p>unclosed<div>nested</div></div></div><p>end", "unclosed\nnested\nend"),
         ("<p><strong>Annual leave:</strong> 27 days</p>", "Annual leave: 27 days"),
     ],
