@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from mm2d_integrations.core.source import ModelSource
 from mm2d_integrations.core.validation import check_int_in_range, check_texts
 
 __all__ = [
-    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",
+    "KEPT_ENCODERS", "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",
     "token_budget_batches",
     "truncate_dimensions",
 ]
@@ -91,12 +92,15 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int, normalize: bool = 
     return kept
 
 
-# Bounded concurrency for the async methods: more threads than cores only slow each other down.
-_WORKERS = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="mm2d")
+@functools.cache
+def _workers() -> ThreadPoolExecutor:
+    """The async methods' threads, made on their first call (nothing is started at import); bounded,
+    as more threads than cores only slow each other down."""
+    return ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="mm2d")
 
 
 async def _off_loop(function: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str]) -> np.ndarray:
-    return await asyncio.get_running_loop().run_in_executor(_WORKERS, function, texts)
+    return await asyncio.get_running_loop().run_in_executor(_workers(), function, texts)
 
 
 def _depth_to_load(num_layers: Any, query_num_layers: Any) -> tuple[int | None, str]:
@@ -488,25 +492,29 @@ class EncoderRecipe:
         return space_id_of(dict(self.space))
 
     def build(self) -> Matryoshka2DEncoder:
-        """The encoder, built once in this process and kept while it runs, so that a worker that receives
-        a pickled adapter with each task loads the model once; a ValueError where this process's model
-        gives another space (other weights at the same path, say)."""
+        """The encoder, built once in this process and kept (among the last `KEPT_ENCODERS`), so that a
+        worker that receives a pickled adapter with each task loads the model once; a ValueError where
+        this process's model gives another space (other weights at the same path, say)."""
         with _KEPT_LOCK:
-            encoder = _KEPT.get(self)
-            if encoder is None:
-                encoder = Matryoshka2DEncoder(self.model, self.options)
-                differences = space_differences(dict(self.space), encoder.fingerprint)
-                if differences:
-                    raise ValueError(
-                        f"model {self.model!r} gives another embedding space in this process than where it was pickled "
-                        f"(differs in {', '.join(differences)}): check that both load the same weights"
-                    )
-                _KEPT[self] = encoder
-            return encoder
+            return _kept_encoder(self)
 
 
-_KEPT: dict[EncoderRecipe, Matryoshka2DEncoder] = {}
-_KEPT_LOCK = threading.Lock()
+KEPT_ENCODERS = 4
+"""Encoders a process keeps built from recipes, the least recently used let go first: a worker that
+receives adapters of many models or cuts holds at most this many (each frees with its last holder)."""
+_KEPT_LOCK = threading.Lock()  # two threads that receive one recipe build it once
+
+
+@functools.lru_cache(maxsize=KEPT_ENCODERS)
+def _kept_encoder(recipe: EncoderRecipe) -> Matryoshka2DEncoder:
+    encoder = Matryoshka2DEncoder(recipe.model, recipe.options)
+    differences = space_differences(dict(recipe.space), encoder.fingerprint)
+    if differences:
+        raise ValueError(
+            f"model {recipe.model!r} gives another embedding space in this process than where it was pickled "
+            f"(differs in {', '.join(differences)}): check that both load the same weights"
+        )
+    return encoder
 
 
 class EncoderHandle:

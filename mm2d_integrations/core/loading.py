@@ -145,6 +145,7 @@ class LoadedModel:
         return getattr(self.model, self.stack.final_norm) if self.stack.final_norm else None
 
 
+# Weak: a model leaves with the last encoder that holds it, so this holds no more than live encoders do.
 _cache: weakref.WeakValueDictionary[tuple, LoadedModel] = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
 
