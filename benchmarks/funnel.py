@@ -29,7 +29,7 @@ from mm2d_integrations.chroma import FunnelIndex, chroma_client, open_collection
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.evaluation.datasets import BeirSet, read_beir
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
-from mm2d_integrations.evaluation.ranking import top_k
+from mm2d_integrations.evaluation.ranking import mean_score, top_k
 from mm2d_integrations.retrieval.funnel import Funnel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,8 +54,7 @@ def hnsw_bytes(persist_dir: Path, collection_id: str) -> int:
 
 
 def ndcg(rankings: list[list[str]], dataset: BeirSet) -> float:
-    judged = [dataset.qrels[query_id] for query_id in dataset.query_ids]
-    return 100 * float(np.mean([ndcg_at_k(ranked, qrels, K) for ranked, qrels in zip(rankings, judged)]))
+    return mean_score(ndcg_at_k, rankings, dataset, K)
 
 
 def recall(rankings: list[list[str]], exact: list[list[str]]) -> float:

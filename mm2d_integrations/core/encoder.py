@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from mm2d_integrations.core.source import ModelSource
 from mm2d_integrations.core.validation import check_int_in_range, check_text, check_texts
 
 __all__ = [
-    "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",
+    "KEPT_ENCODERS", "SPACE_KEYS", "EncoderHandle", "EncoderRecipe", "Matryoshka2DEncoder", "space_differences", "space_id_of", "space_items", "space_of",
     "token_budget_batches",
     "truncate_dimensions",
 ]
@@ -90,12 +91,15 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int, normalize: bool = 
     return kept
 
 
-# Bounded concurrency for the async methods: more threads than cores only slow each other down.
-_WORKERS = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="mm2d")
+@functools.cache
+def _workers() -> ThreadPoolExecutor:
+    """The async methods' threads, made on their first call (nothing is started at import); bounded,
+    as more threads than cores only slow each other down."""
+    return ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="mm2d")
 
 
 async def _off_loop(function: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str]) -> np.ndarray:
-    return await asyncio.get_running_loop().run_in_executor(_WORKERS, function, texts)
+    return await asyncio.get_running_loop().run_in_executor(_workers(), function, texts)
 
 
 def _depth_to_load(num_layers: Any, query_num_layers: Any) -> tuple[int | None, str]:
@@ -423,15 +427,16 @@ class Matryoshka2DEncoder:
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
 
     def _pad(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids and their attention mask."""
-        pad = self._loaded.tokenizer.pad_token_id or 0
-        longest = max(len(ids) for ids in token_ids)
-        input_ids = np.full((len(token_ids), longest), pad, dtype=np.int64)
-        mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+        """Right-padded ids and their attention mask, by the tokenizer's own `pad` (right: last-token
+        pooling reads the last unmasked position), as transformers' collators call it: older versions
+        advise a fast tokenizer's `__call__` instead, but these texts were tokenized once already."""
+        from transformers.data.data_collator import pad_without_fast_tokenizer_warning  # 11 ms: on first use, not at import
+
+        with self._loaded.tokenizer_lock:
+            padded = pad_without_fast_tokenizer_warning(
+                self._loaded.tokenizer, {"input_ids": token_ids}, padding=True, padding_side="right", return_tensors="np"
+            )  # numpy, then torch: torch.tensor of nested lists takes 4x as long
+        return torch.from_numpy(padded["input_ids"]).to(self.device), torch.from_numpy(padded["attention_mask"]).to(self.device)
 
     @torch.inference_mode()
     def _forward(self, token_ids: list[list[int]], num_layers: list[int], skipped: int = 0, side: str = "document") -> dict[int, np.ndarray]:
@@ -493,25 +498,29 @@ class EncoderRecipe:
         return space_id_of(dict(self.space))
 
     def build(self) -> Matryoshka2DEncoder:
-        """The encoder, built once in this process and kept while it runs, so that a worker that receives
-        a pickled adapter with each task loads the model once; a ValueError where this process's model
-        gives another space (other weights at the same path, say)."""
+        """The encoder, built once in this process and kept (among the last `KEPT_ENCODERS`), so that a
+        worker that receives a pickled adapter with each task loads the model once; a ValueError where
+        this process's model gives another space (other weights at the same path, say)."""
         with _KEPT_LOCK:
-            encoder = _KEPT.get(self)
-            if encoder is None:
-                encoder = Matryoshka2DEncoder(self.model, self.options)
-                differences = space_differences(dict(self.space), encoder.fingerprint)
-                if differences:
-                    raise ValueError(
-                        f"model {self.model!r} gives another embedding space in this process than where it was pickled "
-                        f"(differs in {', '.join(differences)}): check that both load the same weights"
-                    )
-                _KEPT[self] = encoder
-            return encoder
+            return _kept_encoder(self)
 
 
-_KEPT: dict[EncoderRecipe, Matryoshka2DEncoder] = {}
-_KEPT_LOCK = threading.Lock()
+KEPT_ENCODERS = 4
+"""Encoders a process keeps built from recipes, the least recently used let go first: a worker that
+receives adapters of many models or cuts holds at most this many (each frees with its last holder)."""
+_KEPT_LOCK = threading.Lock()  # two threads that receive one recipe build it once
+
+
+@functools.lru_cache(maxsize=KEPT_ENCODERS)
+def _kept_encoder(recipe: EncoderRecipe) -> Matryoshka2DEncoder:
+    encoder = Matryoshka2DEncoder(recipe.model, recipe.options)
+    differences = space_differences(dict(recipe.space), encoder.fingerprint)
+    if differences:
+        raise ValueError(
+            f"model {recipe.model!r} gives another embedding space in this process than where it was pickled "
+            f"(differs in {', '.join(differences)}): check that both load the same weights"
+        )
+    return encoder
 
 
 class EncoderHandle:

@@ -40,7 +40,7 @@ __all__ = [
 
 SMOOTHING = 0.5  # SmoothQuant's alpha: how much of the outliers' range moves into the weights
 _lock = threading.Lock()
-_fused: dict[str, Any] = {}
+_fused: dict[str, Any] = {}  # "levels" and one product per name of `_STEPS`: at most three entries, whatever the models
 
 
 def _product(x: torch.Tensor, inv_smooth: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -188,6 +188,7 @@ class LoadedModel:
         return getattr(self.model, self.stack.final_norm) if self.stack.final_norm else None
 
 
+# Weak: a model leaves with the last encoder that holds it, so this holds no more than live encoders do.
 _cache: weakref.WeakValueDictionary[tuple, LoadedModel] = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
 
@@ -275,6 +276,8 @@ def _load(
     if len(layer_list(model, stack)) != kept:
         raise RuntimeError(f"model {source.name!r} loaded with the wrong number of layers")
     tokenizer = AutoTokenizer.from_pretrained(source.location, **hub)
+    if tokenizer.pad_token_id is None:  # padded positions are masked out, so any id pads: 0, as ever
+        tokenizer.pad_token_id = 0
     known = KNOWN_MODELS.get(source.name, ModelSettings())
     settings = read_sentence_transformers_settings(source).filled_from(known)
     settings = replace(settings, max_length=_checkpoint_max_length(source.name, settings.max_length, tokenizer, limit))

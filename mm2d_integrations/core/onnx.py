@@ -38,10 +38,15 @@ def _onnxruntime() -> Any:
 
 
 def cache_dir() -> Path:
-    """Where exported graphs are kept: $MM2D_CACHE_DIR, else $XDG_CACHE_HOME/mm2d, else ~/.cache/mm2d."""
+    """Where exported graphs are kept: $MM2D_CACHE_DIR, else the user's cache folder for mm2d
+    (platformdirs: $XDG_CACHE_HOME/mm2d or ~/.cache/mm2d on Linux, ~/Library/Caches/mm2d on macOS)."""
     if os.environ.get("MM2D_CACHE_DIR"):
         return Path(os.environ["MM2D_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mm2d"
+    try:
+        import platformdirs
+    except ImportError as error:
+        raise ImportError(install_hint("platformdirs", "onnx")) from error
+    return Path(platformdirs.user_cache_dir("mm2d", appauthor=False))
 
 
 def hidden_state_names(num_layers: int) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from mm2d_integrations.core.encoder import truncate_dimensions
 from mm2d_integrations.evaluation.datasets import BeirSet
 from mm2d_integrations.evaluation.metrics import ndcg_at_k
-from mm2d_integrations.evaluation.ranking import top_k
+from mm2d_integrations.evaluation.ranking import mean_score, top_k
 from mm2d_integrations.retrieval.funnel import Funnel, rerank
 
 __all__ = ["AUTO_FACTORS", "FUNNEL_K", "MAX_AUTO_LOSS", "FunnelChoice", "FunnelResult", "auto_shortlist_dims", "choose_funnel", "evaluate_funnel"]
@@ -59,8 +59,8 @@ def evaluate_funnel(
     short_queries = truncate_dimensions(queries, funnel.shortlist_dims)
     short_documents = truncate_dimensions(documents, funnel.shortlist_dims)
     seconds = np.empty((len(queries), 2))
-    ndcg, exact_ndcg, recall = [], [], []
-    for row, query_id in enumerate(dataset.query_ids):
+    found_ids, exact_ids, recall = [], [], []
+    for row in range(len(dataset.query_ids)):
         skip = own[row : row + 1]
         started = time.perf_counter()
         exact = top_k(full_queries[row : row + 1], full_documents, FUNNEL_K, skip)[0]
@@ -70,12 +70,12 @@ def evaluate_funnel(
         order, _ = rerank(full_queries[row], full_documents[candidates], FUNNEL_K)
         found = candidates[order]
         seconds[row] = time.perf_counter() - middle, middle - started
-        ndcg.append(ndcg_at_k([dataset.corpus_ids[index] for index in found], dataset.qrels[query_id], FUNNEL_K))
-        exact_ndcg.append(ndcg_at_k([dataset.corpus_ids[index] for index in exact], dataset.qrels[query_id], FUNNEL_K))
+        found_ids.append([dataset.corpus_ids[index] for index in found])
+        exact_ids.append([dataset.corpus_ids[index] for index in exact])
         recall.append(len(set(found) & set(exact)) / len(exact))
     funnel_seconds, exact_seconds = np.median(seconds, axis=0)
     return FunnelResult(
-        funnel, layers, dimensions, 100 * float(np.mean(ndcg)), 100 * float(np.mean(exact_ndcg)),
+        funnel, layers, dimensions, mean_score(ndcg_at_k, found_ids, dataset, FUNNEL_K), mean_score(ndcg_at_k, exact_ids, dataset, FUNNEL_K),
         100 * float(np.mean(recall)), float(funnel_seconds), float(exact_seconds),
     )
 
@@ -118,11 +118,9 @@ def choose_funnel(
     `evaluate_funnel`; the first within `max_loss` of single-stage nDCG@10 is chosen. Each prefix's
     shortlist is ranked once at the largest factor: a smaller factor's is its beginning."""
     full_queries, full_documents = truncate_dimensions(queries, dimensions), truncate_dimensions(documents, dimensions)
-    judged = [dataset.qrels[query_id] for query_id in dataset.query_ids]
 
     def ndcg(found: Iterable[np.ndarray]) -> float:
-        rankings = ([dataset.corpus_ids[index] for index in row] for row in found)
-        return 100 * float(np.mean([ndcg_at_k(ranked, qrels, FUNNEL_K) for ranked, qrels in zip(rankings, judged)]))
+        return mean_score(ndcg_at_k, [[dataset.corpus_ids[index] for index in row] for row in found], dataset, FUNNEL_K)
 
     exact = ndcg(top_k(full_queries, full_documents, FUNNEL_K, own))
     tried: dict[Funnel, float] = {}

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from mm2d_integrations.evaluation.datasets import BeirSet
-from mm2d_integrations.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from mm2d_integrations.evaluation.metrics import TrecMeasure, mrr_at_k, ndcg_at_k, recall_at_k
 
-__all__ = ["RETRIEVAL_METRICS", "QueryMetric", "retrieval_scores", "top_k"]
+__all__ = ["RETRIEVAL_METRICS", "mean_score", "retrieval_scores", "top_k"]
 
-QueryMetric = Callable[[Sequence[str], Mapping[str, int], int], float]
-RETRIEVAL_METRICS: dict[str, tuple[QueryMetric, int]] = {
+RETRIEVAL_METRICS: dict[str, tuple[TrecMeasure, int]] = {
     "nDCG@10": (ndcg_at_k, 10),
     "Recall@100": (recall_at_k, 100),
     "MRR@10": (mrr_at_k, 10),
@@ -26,11 +25,13 @@ def retrieval_scores(
     """Every retrieval metric x100, averaged over the queries."""
     top = top_k(queries, documents, max(cutoff for _, cutoff in RETRIEVAL_METRICS.values()), own)
     rankings = [[dataset.corpus_ids[index] for index in row if index != skip] for row, skip in zip(top, own)]
+    return {name: mean_score(metric, rankings, dataset, cutoff) for name, (metric, cutoff) in RETRIEVAL_METRICS.items()}
+
+
+def mean_score(metric: TrecMeasure, rankings: Sequence[Sequence[str]], dataset: BeirSet, k: int) -> float:
+    """`metric` at `k` x100, averaged over the dataset's queries (`rankings` in their order)."""
     judgments = [dataset.qrels[query_id] for query_id in dataset.query_ids]
-    return {
-        name: 100 * float(np.mean([metric(ranked, qrels, cutoff) for ranked, qrels in zip(rankings, judgments)]))
-        for name, (metric, cutoff) in RETRIEVAL_METRICS.items()
-    }
+    return 100 * float(np.mean(metric.of_each(rankings, judgments, k)))
 
 
 def top_k(queries: np.ndarray, documents: np.ndarray, k: int, own: np.ndarray) -> np.ndarray:

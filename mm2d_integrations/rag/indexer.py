@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+import tenacity
 from tqdm import tqdm
 
 from mm2d_integrations.chroma import FunnelIndex, stored_ids
@@ -73,23 +73,24 @@ def held_ids(collection: Any, wanted: Collection[str] | None = None) -> tuple[se
 
 
 def _retried(write: Callable[[], T], what: str) -> T:
-    """`write()`, tried again with exponential backoff while the Chroma server cannot be reached (a
-    restart, a network blip); after WRITE_TRIES a `StoreUnavailable`. Writes are upserts and deletes by
-    id, so a try that reached the server before the connection broke is harmless to repeat."""
-    delay = WRITE_BACKOFF_S
-    for attempt in range(1, WRITE_TRIES + 1):
-        try:
-            return write()
-        except (httpx.TransportError, ConnectionError) as error:
-            if attempt == WRITE_TRIES:
-                raise StoreUnavailable(
-                    f"the Chroma server stopped answering while {what} ({type(error).__name__}: {error}; "
-                    f"{WRITE_TRIES} tries over {WRITE_BACKOFF_S * (2 ** (WRITE_TRIES - 1) - 1):.1f} s); what was written is kept: "
-                    "run the same command again once it is back to complete the work"
-                ) from error
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    """`write()`, tried again with exponential backoff (tenacity) while the Chroma server cannot be
+    reached (a restart, a network blip); after WRITE_TRIES a `StoreUnavailable`. Writes are upserts and
+    deletes by id, so a try that reached the server before the connection broke is harmless to repeat."""
+    lost = (httpx.TransportError, ConnectionError)
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(WRITE_TRIES),
+        wait=tenacity.wait_exponential(multiplier=WRITE_BACKOFF_S),
+        retry=tenacity.retry_if_exception_type(lost),
+        reraise=True,
+    )
+    try:
+        return retrying(write)
+    except lost as error:
+        raise StoreUnavailable(
+            f"the Chroma server stopped answering while {what} ({type(error).__name__}: {error}; "
+            f"{WRITE_TRIES} tries over {WRITE_BACKOFF_S * (2 ** (WRITE_TRIES - 1) - 1):.1f} s); what was written is kept: "
+            "run the same command again once it is back to complete the work"
+        ) from error
 
 
 def write_chunks(

@@ -11,7 +11,6 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,41 +106,18 @@ class LoadedFolder:
     """(path, reason) for every file that was not read, and every folder that could not be listed."""
 
 
-class _VisibleText(HTMLParser):
-    """The title and visible text of an HTML page, one block per line."""
-
-    _HIDDEN = {"script", "style", "template", "noscript"}
-    _BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "title", "section", "article", "table", "ul", "ol"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._HIDDEN:
-            self._hidden_depth += 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN:
-            self._hidden_depth = max(0, self._hidden_depth - 1)
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-        elif tag in {"td", "th"}:
-            self.parts.append(" ")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden_depth:
-            self.parts.append(data)
-
-
 def html_to_text(html: str) -> str:
-    parser = _VisibleText()
-    parser.feed(html)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    """The title and visible text of an HTML page, one block a line (html-text: scripts, styles and
+    comments dropped, blocks on lines of their own; templates and noscript fallbacks dropped too)."""
+    try:
+        import html_text
+    except ImportError as error:  # an optional dependency: only HTML files need it
+        raise ImportError(install_hint("html_text", "rag")) from error
+
+    tree = html_text.parse_html(html)
+    for hidden in tree.xpath("//template | //noscript"):
+        hidden.drop_tree()  # its tail, the text after it, stays
+    lines = (" ".join(line.split()) for line in html_text.extract_text(tree).splitlines())
     return "\n".join(line for line in lines if line)
 
 
