@@ -91,8 +91,9 @@ def _ask(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask
 
     funnel = args.funnel
+    store = _store(args)
     try:
-        answer = ask(args.question, _store(args), framework=args.framework, generator=args.generator, k=args.k, funnel=funnel)
+        answer = ask(args.question, store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel)
     except MissingIndex as error:
         shortlist = f" --shortlist-dims {funnel.shortlist_dims}" if funnel else ""
         raise MissingIndex(f"{error}: run mm2d index DIR{shortlist} first") from None
