@@ -12,7 +12,7 @@ from pathlib import Path
 import chromadb
 import numpy as np
 import pytest
-from mm2d_integrations.backends.onnx import cache_dir
+from mm2d_integrations.core.onnx import cache_dir
 from transformers import AutoTokenizer
 
 from mm2d_integrations import Matryoshka2DEncoder

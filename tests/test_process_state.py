@@ -9,7 +9,7 @@ import weakref
 from pathlib import Path
 
 import pytest
-from mm2d_integrations.backends import int8
+from mm2d_integrations.core import int8
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.core import loading
