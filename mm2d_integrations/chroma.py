@@ -238,7 +238,9 @@ def chroma_client(
         raise StoreUnavailable(f"Chroma folder {path} cannot be opened ({database.name} is not an SQLite database); {_DAMAGED}")
     path.mkdir(parents=True, exist_ok=True)
     try:
-        return chromadb.PersistentClient(path=str(path))  # default settings: plain chromadb may open the same folder
+        # absolute: chromadb shares one client per path string in a process, so "./index" from another
+        # working folder would otherwise reach the first folder's store
+        return chromadb.PersistentClient(path=str(path.absolute()))  # default settings: plain chromadb may open the same folder
     except (chromadb.errors.ChromaError, ValueError) as error:
         raise StoreUnavailable(f"Chroma folder {path} cannot be opened ({error}); {_DAMAGED}") from error
 

@@ -238,3 +238,15 @@ def test_a_collection_reopened_without_the_function_gets_the_stored_options(tmp_
     assert isinstance(stored, Matryoshka2DEmbeddingFunction)
     assert (stored.encoder.num_layers, stored.encoder.dimensions, stored.encoder.batch_size, str(stored.encoder.device)) == (2, 64, 5, "cpu")
     assert reopened.query(query_texts=["a battery"], n_results=1)["ids"] == [["a"]]
+
+
+def test_a_relative_folder_means_the_working_folder_of_each_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chromadb shares one client per path string in a process: "./index" opened from a second working
+    folder reached the first folder's store (a README example then answered from another test's data)."""
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        chroma_client("./index").get_or_create_collection("docs").add(ids=[name], embeddings=[[1.0, 0.0]])
+    for name in ("first", "second"):
+        monkeypatch.chdir(tmp_path / name)
+        assert chroma_client("./index").get_collection("docs").get()["ids"] == [name]

@@ -12,10 +12,10 @@ from pathlib import Path
 import chromadb
 import numpy as np
 import pytest
-from mm2d_integrations.core.onnx import cache_dir
 from transformers import AutoTokenizer
 
 from mm2d_integrations import Matryoshka2DEncoder
+from mm2d_integrations.core.onnx import cache_dir
 from mm2d_integrations.rag import indexer
 from mm2d_integrations.retrieval.documents import html_to_text, load_folder, split_documents
 from mm2d_integrations.retrieval.store_rules import StoreUnavailable

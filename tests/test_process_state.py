@@ -9,10 +9,9 @@ import weakref
 from pathlib import Path
 
 import pytest
-from mm2d_integrations.core import int8
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.core import loading
+from mm2d_integrations.core import int8, loading
 from mm2d_integrations.core.encoder import KEPT_ENCODERS
 from tests.tiny_models import build_tiny_model
 

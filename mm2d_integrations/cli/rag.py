@@ -40,7 +40,7 @@ def _add_answer_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-k", type=int, default=3, help="chunks to retrieve (default 3)")
     parser.add_argument(
-        "--funnel", default=None, type=_funnel, metavar="DIMSxFACTOR",
+        "--funnel", default=None, metavar="DIMSxFACTOR",
         help="funnel retrieval: shortlist k x FACTOR chunks by the first DIMS dimensions, rank them by all "
         "(e.g. 64x10; index with --shortlist-dims DIMS first)",
     )
@@ -79,18 +79,14 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _funnel(text: str) -> Funnel:
-    """`--funnel 64x10`, parsed as the flag is read (a malformed one is argparse's error, with our rule)."""
-    try:
-        return Funnel.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _funnel(args: argparse.Namespace) -> Funnel | None:
+    return Funnel.parse(args.funnel) if args.funnel else None
 
 
 def _ask(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask
 
-    funnel = args.funnel
+    funnel = _funnel(args)
     store = _store(args)
     try:
         answer = ask(args.question, store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel)
@@ -106,7 +102,7 @@ def _demo(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask, index
 
     folder, questions = SAMPLE_DOCS, load_questions()
-    funnel = args.funnel
+    funnel = _funnel(args)
     with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
         encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))
         store = _store(args, persist_dir=args.persist_dir or scratch, shortlist_dims=funnel and funnel.shortlist_dims, encoder=encoder)
