@@ -171,7 +171,8 @@ def ask(
     client, encoder, collection = store.open_for_queries()
     chosen = make_generator(generator, encoder, framework) if isinstance(generator, str) else generator
     if funnel is not None:
-        return _ask_funnel(question, FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False), framework, chosen, k, funnel.shortlist_factor)
+        funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False)
+        return _ask_funnel(question, funnel_index, framework, chosen, k, funnel.shortlist_factor)
     if framework == "langchain":
         from langchain_chroma import Chroma
 
