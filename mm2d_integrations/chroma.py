@@ -122,6 +122,13 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         function._handle, function._stored, function._lock = None, config, threading.Lock()
         return function
 
+    @classmethod
+    def of(cls, encoder: Matryoshka2DEncoder | RemoteEncoder) -> Matryoshka2DEmbeddingFunction:
+        """The function over `encoder` as it is (`Matryoshka2DEmbeddingFunction(encoder=encoder)`, with nothing to build)."""
+        function = cls.__new__(cls)
+        function._handle, function._stored, function._lock = EncoderHandle(encoder), None, threading.Lock()
+        return function
+
     @property
     def encoder(self) -> Matryoshka2DEncoder | RemoteEncoder:
         with self._lock:
@@ -288,7 +295,7 @@ def open_collection(
     if not create and not has_collection(client, name):
         raise MissingIndex(f"collection {name!r} does not exist")
     encoder = as_encoder(embedder)
-    function = embedder if isinstance(embedder, Matryoshka2DEmbeddingFunction) else Matryoshka2DEmbeddingFunction(encoder=encoder)
+    function = embedder if isinstance(embedder, Matryoshka2DEmbeddingFunction) else Matryoshka2DEmbeddingFunction.of(encoder)
     current = function.get_config()
     collection = _with_function(client, name, function)
     stored_json = (collection.metadata or {}).get(FINGERPRINT_KEY)
@@ -414,7 +421,7 @@ def stored_embedding_function(
     name: str = DEFAULT_COLLECTION, *, client: ClientAPI, query_num_layers: int | None = None
 ) -> Matryoshka2DEmbeddingFunction:
     """`stored_encoder` as chromadb's embedding function."""
-    return Matryoshka2DEmbeddingFunction(encoder=stored_encoder(name, client=client, query_num_layers=query_num_layers))
+    return Matryoshka2DEmbeddingFunction.of(stored_encoder(name, client=client, query_num_layers=query_num_layers))
 
 
 class Hit(NamedTuple):
