@@ -466,9 +466,12 @@ class FunnelIndex:
         client: ClientAPI | None = None,
         create: bool = True,
         adopt: bool = False,
+        full: Collection | None = None,
     ) -> None:
-        """`create=False`: both collections must exist (to search), else `MissingIndex`; `adopt`: the full
-        collection may be one built elsewhere (see `open_collection`)."""
+        """`create=False`: both collections must exist and the shortlist must be complete (to search, see
+        `check_complete`), else `MissingIndex` or a ValueError; `adopt`: the full collection may be one built
+        elsewhere (see `open_collection`); `full`: the full collection, already opened and checked for
+        `embedder`'s space (`open_collection`, `stored_encoder`): it is not opened nor checked again."""
         self.encoder = as_encoder(embedder)
         self.shortlist_dims = check_shortlist_dims(shortlist_dims, self.encoder.dimensions)
         client = client or chroma_client()
@@ -476,8 +479,10 @@ class FunnelIndex:
         short = short_collection_name(name, shortlist_dims)
         if not create and has_collection(client, name) and not has_collection(client, short):
             raise MissingIndex(f"collection {name!r} has no shortlist collection {short!r} (made by indexing with shortlist_dims={shortlist_dims})")
-        self.full = open_collection(self.encoder, name, client=client, create=create, adopt=adopt)
+        self.full = full if full is not None else open_collection(self.encoder, name, client=client, create=create, adopt=adopt)
         self.short = open_collection(self.encoder.with_dimensions(shortlist_dims), short, client=client, create=create)
+        if not create:
+            self.check_complete()
         folder = rows_folder(client, name)
         self.rows = VectorRows(folder, self.encoder.dimensions, owner=str(self.full.id)) if folder else None
         self._filters_checked = False

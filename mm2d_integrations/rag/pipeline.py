@@ -85,19 +85,25 @@ class Store:
         """The given encoder, else the one `model` and `options` describe."""
         return self.encoder or Matryoshka2DEncoder(self.model or default_model(), self.options)
 
-    def open_for_queries(self) -> tuple[Any, Matryoshka2DEncoder | RemoteEncoder, Any]:
-        """The client, the encoder to query with, and the collection, its space checked once: the given
+    def open_for_queries(self, shortlist_dims: int | None = None) -> tuple[Any, Matryoshka2DEncoder | RemoteEncoder, Any]:
+        """The client, the encoder to query with, and what to search, its space checked once: the given
         encoder (or the one `model` and `options` name) against the space the collection records, or, with
         none of model, num_layers or dimensions named, the encoder the collection records, rebuilt and
-        checked to still give it (queries at `options.query_num_layers` when given). Nothing is created:
-        a missing store or collection is a `MissingIndex`."""
+        checked to still give it (queries at `options.query_num_layers` when given). What is searched is
+        the collection, or with `shortlist_dims` a complete `FunnelIndex` over it. Nothing is created: a
+        missing store, collection or shortlist collection is a `MissingIndex`."""
         client = self.existing_client()
         named = self.encoder is not None or self.model is not None or self.options.num_layers is not None or self.options.dimensions is not None
-        if named:
-            given = self.resolved_encoder()
-            return client, given, open_collection(given, self.collection, client=client, create=False)
-        stored = stored_encoder(self.collection, client=client, query_num_layers=self.options.query_num_layers)
-        return client, stored, client.get_collection(self.collection)
+        encoder: Matryoshka2DEncoder | RemoteEncoder
+        if not named:
+            encoder = stored_encoder(self.collection, client=client, query_num_layers=self.options.query_num_layers)
+            collection = client.get_collection(self.collection)
+        else:
+            encoder = self.resolved_encoder()
+            collection = open_collection(encoder, self.collection, client=client, create=False)
+        if shortlist_dims is None:
+            return client, encoder, collection
+        return client, encoder, FunnelIndex(encoder, self.collection, shortlist_dims=shortlist_dims, client=client, create=False, full=collection)
 
 
 def index(
@@ -168,11 +174,10 @@ def ask(
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
-    client, encoder, collection = store.open_for_queries()
+    client, encoder, searched = store.open_for_queries(None if funnel is None else funnel.shortlist_dims)
     chosen = make_generator(generator, encoder, framework) if isinstance(generator, str) else generator
     if funnel is not None:
-        funnel_index = FunnelIndex(encoder, store.collection, shortlist_dims=funnel.shortlist_dims, client=client, create=False)
-        return _ask_funnel(question, funnel_index, framework, chosen, k, funnel.shortlist_factor)
+        return _ask_funnel(question, searched, framework, chosen, k, funnel.shortlist_factor)
     if framework == "langchain":
         from langchain_chroma import Chroma
 
@@ -180,7 +185,7 @@ def ask(
         from mm2d_integrations.rag.langchain_chain import build_rag_chain
 
         vector_store = Chroma(
-            client=client, collection_name=collection.name, embedding_function=Matryoshka2DEmbeddings.from_encoder(encoder),
+            client=client, collection_name=searched.name, embedding_function=Matryoshka2DEmbeddings.from_encoder(encoder),
             create_collection_if_not_exists=False,
         )
         return build_rag_chain(vector_store.as_retriever(search_kwargs={"k": k}), chosen).invoke(question)
@@ -190,13 +195,12 @@ def ask(
     from mm2d_integrations.llama_index import Matryoshka2DEmbedding
     from mm2d_integrations.rag.llama_index_engine import build_query_engine, to_answer
 
-    vector_index = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=Matryoshka2DEmbedding.from_encoder(encoder))
+    vector_index = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=searched), embed_model=Matryoshka2DEmbedding.from_encoder(encoder))
     return to_answer(build_query_engine(vector_index, chosen, similarity_top_k=k).query(question))
 
 
 def _ask_funnel(question: str, funnel_index: FunnelIndex, framework: Framework, generator: Any, k: int, factor: int) -> Answer:
-    """`ask` through the funnel retriever of `framework`."""
-    funnel_index.check_complete()
+    """`ask` through the funnel retriever of `framework` (`funnel_index`: complete, as `Store.open_for_queries` opens it)."""
     if framework == "langchain":
         from mm2d_integrations.langchain import FunnelRetriever
         from mm2d_integrations.rag.langchain_chain import build_rag_chain
