@@ -10,7 +10,7 @@ from mm2d_integrations.cli.options import add_encoder_options, options_from, pro
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.rag import FRAMEWORKS
-from mm2d_integrations.rag.generators import EXTRACTIVE, Answer
+from mm2d_integrations.rag.generators import EXTRACTIVE
 from mm2d_integrations.retrieval.funnel import Funnel
 from mm2d_integrations.retrieval.store_rules import DEFAULT_COLLECTION, DEFAULT_PERSIST_DIR, MissingIndex
 from mm2d_integrations.samples import SAMPLE_DOCS, load_questions
@@ -56,13 +56,6 @@ def _store(args: argparse.Namespace, **overrides: Any) -> Store:
     return Store(**{**values, **overrides})
 
 
-def _print_answer(answer: Answer) -> None:
-    print(answer.text)
-    print("sources:" if answer.sources else "sources: none")
-    for source in answer.sources:
-        print(f"  {source}")
-
-
 def _index(args: argparse.Namespace) -> int:
     if args.ray_actors is not None and args.ray is None:
         raise ValueError("--ray-actors counts the actors of --ray: give --ray too")
@@ -93,7 +86,7 @@ def _ask(args: argparse.Namespace) -> int:
     except MissingIndex as error:
         shortlist = f" --shortlist-dims {funnel.shortlist_dims}" if funnel else ""
         raise MissingIndex(f"{error}: run mm2d index DIR{shortlist} first") from None
-    _print_answer(answer)
+    print(answer)
     return 0
 
 
@@ -109,7 +102,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"indexing {folder} ...\n{index(folder, store, show_progress=progress(args))}\n")
         for question in questions[:: max(1, len(questions) // DEMO_QUESTIONS)][:DEMO_QUESTIONS]:
             print(f"Q: {question['question']}")
-            _print_answer(ask(question["question"], store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel))
+            print(ask(question["question"], store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel))
             print()
     return 0
 

@@ -46,6 +46,10 @@ class Answer:
     sources: list[str]
     """Files the answer rests on, relative to the indexed folder, most relevant first."""
 
+    def __str__(self) -> str:
+        """The text, then its sources one a line (as `mm2d ask` prints it)."""
+        return "\n".join([self.text, "sources:" if self.sources else "sources: none", *(f"  {source}" for source in self.sources)])
+
 
 def unique_sources(passages: list[Passage]) -> list[str]:
     return list(dict.fromkeys(passage.source for passage in passages))
