@@ -205,10 +205,12 @@ def test_cli_index_with_a_shortlist_then_ask_through_the_funnel(tmp_path: Path, 
     ]:
         assert main(["ask", "q", "--persist-dir", persist, "--funnel", funnel]) == 2
         assert message in capsys.readouterr().err
-    for framework, model in (("langchain", RecordingChatModel(prompts=[])), ("llamaindex", RecordingLLM(prompts=[]))):
-        answer = ask(question["question"], Store(persist_dir=persist), framework=framework, generator=model, funnel=Funnel(64, 10))
+    for framework, model, funnel in (("langchain", RecordingChatModel(prompts=[]), Funnel(64, 10)), ("llamaindex", RecordingLLM(prompts=[]), "64x10")):
+        answer = ask(question["question"], Store(persist_dir=persist), framework=framework, generator=model, funnel=funnel)
         assert answer.text == "recorded answer" and question["source"] in answer.sources
         assert question["question"] in model.prompts[-1] and "Use only the context below" in model.prompts[-1]
+    with pytest.raises(ValueError, match="a funnel is SHORTLIST_DIMSxFACTOR"):
+        ask("q", Store(persist_dir=persist), funnel="64")
 
 
 # ---- the full vectors as memory-mapped rows -------------------------------------------------------

@@ -79,12 +79,11 @@ def _funnel(args: argparse.Namespace) -> Funnel | None:
 def _ask(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask
 
-    funnel = _funnel(args)
     store = _store(args)
     try:
-        answer = ask(args.question, store, framework=args.framework, generator=args.generator, k=args.k, funnel=funnel)
+        answer = ask(args.question, store, framework=args.framework, generator=args.generator, k=args.k, funnel=args.funnel)
     except MissingIndex as error:
-        shortlist = f" --shortlist-dims {funnel.shortlist_dims}" if funnel else ""
+        shortlist = f" --shortlist-dims {Funnel.parse(args.funnel).shortlist_dims}" if args.funnel else ""
         raise MissingIndex(f"{error}: run mm2d index DIR{shortlist} first") from None
     print(answer)
     return 0

@@ -163,13 +163,16 @@ def ask(
     framework: Framework = "langchain",
     generator: str | Generator | Any = EXTRACTIVE,
     k: int = 3,
-    funnel: Funnel | None = None,
+    funnel: Funnel | str | None = None,
 ) -> Answer:
     """Retrieve `k` chunks for `question` and answer from them, with their sources.
 
     `generator`: a name for `make_generator`, one of our generators, or any chat model / LLM of `framework`.
-    `funnel`: retrieve by funnel (the store indexed with its `shortlist_dims`), not by one search of all dimensions.
+    `funnel`: retrieve by funnel (the store indexed with its `shortlist_dims`), not by one search of all
+    dimensions; a `Funnel` or its text, such as "64x10".
     """
+    if isinstance(funnel, str):
+        funnel = Funnel.parse(funnel)
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
