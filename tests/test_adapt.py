@@ -13,7 +13,7 @@ from scipy.special import erf
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.cli import main
-from mm2d_integrations.core.exit_heads import FORMAT, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
+from mm2d_integrations.core.exit_heads import FORMAT, FORMAT_LAYERS, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
 from mm2d_integrations.evaluation.datasets import StsPairs
 from mm2d_integrations.training.adapt import PSEUDO_QUERIES, Rows, Training, adapt, agreement, cut_pseudo_queries, fit_head, read_corpus
 from tests.conftest import GRADED_PAIRS, distinct_sentences
@@ -355,3 +355,114 @@ def test_the_defaults_fit_pseudo_queries_with_the_cosine_loss() -> None:
     assert (parsed.loss, parsed.pseudo_queries) == ("cosine", 2) == ("cosine", PSEUDO_QUERIES)
     defaults = inspect.signature(adapt).parameters
     assert (defaults["loss"].default, defaults["pseudo_queries"].default) == ("cosine", 2)
+
+
+# ---- exit layers (method "layer"): a retrained last layer per depth ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
+    out = tmp_path_factory.mktemp("layered") / "adapted"
+    report = adapt(tiny_base, sentences[:80], out, layers=[1, 2], method="layer")
+    assert {result.kind for result in report.depths.values()} == {"layer"} and sorted(report.depths) == [1, 2]
+    return out
+
+
+def _hand_exit_layer(folder: Path, base: Path, depth: int, texts: list[str]) -> np.ndarray:
+    """Depth `depth` run by transformers itself, its last layer given the written exit layer's weights,
+    mean-pooled, through the written head: what the encoder must give."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(base, num_hidden_layers=depth).eval()
+    tensors = {name.removeprefix(f"layer{depth}."): torch.from_numpy(value) for name, value in load_file(folder / HEADS_FILE).items() if name.startswith(f"layer{depth}.")}
+    model.encoder.layer[depth - 1].load_state_dict(tensors)
+    batch = AutoTokenizer.from_pretrained(base)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return _normalised(_hand_head(folder, depth, ((hidden * mask).sum(1) / mask.sum(1)).numpy()))
+
+
+def test_an_exit_layer_runs_instead_of_the_last_base_layer(layered: Path, tiny_base: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    config = json.loads((layered / HEADS_CONFIG).read_text())
+    assert config["format"] == FORMAT_LAYERS and sorted(config["layers"]) == ["1", "2"]
+    assert (layered / "model.safetensors").read_bytes() == (tiny_base / "model.safetensors").read_bytes()
+    tensors = load_file(layered / HEADS_FILE)
+    base = {name.removeprefix("encoder.layer.1."): value for name, value in load_file(tiny_base / "model.safetensors").items() if name.startswith("encoder.layer.1.")}
+    assert any(not np.array_equal(tensors[f"layer2.{name}"], value) for name, value in base.items())  # trained
+    moved = tmp_path / "moved"  # the layer moved further than a few tiny steps do, so that running it shows
+    shutil.copytree(layered, moved)
+    noise = np.random.default_rng(0)
+    save_file({name: value + (0.1 * noise.standard_normal(value.shape)).astype(value.dtype) if name.startswith("layer2.") else value for name, value in tensors.items()}, moved / HEADS_FILE)
+    ours = Matryoshka2DEncoder(moved, num_layers=2).encode_documents(TEXTS)
+    np.testing.assert_allclose(ours, _hand_exit_layer(moved, tiny_base, 2, TEXTS), atol=1e-5)
+    raw = Matryoshka2DEncoder(tiny_base, num_layers=2).pooled_layerwise(TEXTS, [2])[2]
+    assert not np.allclose(ours, _normalised(_hand_head(moved, 2, raw)), atol=1e-2)  # not the head alone: the layer runs
+    np.testing.assert_array_equal(Matryoshka2DEncoder(layered).encode_documents(TEXTS), Matryoshka2DEncoder(tiny_base).encode_documents(TEXTS))
+    np.testing.assert_array_equal(  # a depth without an exit layer is the plain cut
+        Matryoshka2DEncoder(layered, num_layers=3).encode_documents(TEXTS), Matryoshka2DEncoder(tiny_base, num_layers=3).encode_documents(TEXTS)
+    )
+
+
+def test_exit_layers_in_one_pass_and_across_depths(layered: Path, tiny_base: Path) -> None:
+    encoder = Matryoshka2DEncoder(layered)
+    vectors = encoder.encode_layerwise(TEXTS, [1, 2, 3, 4])
+    for depth in (1, 2, 3, 4):
+        np.testing.assert_allclose(vectors[depth], Matryoshka2DEncoder(layered, num_layers=depth).encode_documents(TEXTS), atol=1e-6)
+    assert {1, 2, 4} <= encoder.shared_space_depths and 3 not in encoder.shared_space_depths
+    cross = Matryoshka2DEncoder(layered, query_num_layers=2)  # documents at full depth, queries through the exit layer
+    np.testing.assert_allclose(cross.encode_queries(TEXTS), Matryoshka2DEncoder(layered, num_layers=2).encode_queries(TEXTS), atol=1e-6)
+    np.testing.assert_array_equal(cross.encode_documents(TEXTS), Matryoshka2DEncoder(tiny_base).encode_documents(TEXTS))
+    with pytest.raises(ValueError, match="query_num_layers=3 with num_layers=4"):
+        Matryoshka2DEncoder(layered, query_num_layers=3)
+
+
+def test_exit_layers_refuse_backends_that_do_not_run_them(layered: Path, tiny_base: Path, sentences: list[str], tmp_path: Path) -> None:
+    for options, named in (({"backend": "onnx"}, "'onnx' backend"), ({"compute_precision": "int8"}, "int8 compute precision")):
+        with pytest.raises(ValueError, match=f"has exit layers .*which the {named} does not run.*mm2d export"):
+            Matryoshka2DEncoder(layered, **options)
+    with pytest.raises(ValueError, match="method='layer' .* use sides='shared'"):
+        adapt(tiny_base, sentences[:20], tmp_path / "x", method="layer", sides="per-side")
+
+
+def test_an_exit_layer_serves(layered: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mm2d_integrations.serving.server import create_app
+
+    encoder = Matryoshka2DEncoder(layered, num_layers=2)
+    with TestClient(create_app(encoder)) as client:
+        answer = client.post("/v1/embeddings", json={"model": encoder.model_name, "input": TEXTS})
+    assert answer.status_code == 200
+    served = np.array([row["embedding"] for row in answer.json()["data"]])
+    np.testing.assert_allclose(served, encoder.encode_documents(TEXTS), atol=1e-6)
+
+
+def test_an_exit_layer_is_closer_to_full_depth_than_the_head_alone(
+    minilm_path: Path, sts_train: StsPairs, sts_dev: StsPairs, tmp_path: Path
+) -> None:
+    """Learned on STS train sentences, checked on dev ones: the retrained layer beats the ridge head it starts from."""
+    held_out = distinct_sentences(sts_dev)[:100]
+    texts = distinct_sentences(sts_train)[:600]
+    adapt(minilm_path, texts, tmp_path / "ridge", layers=[2], method="ridge")
+    adapt(minilm_path, texts, tmp_path / "layer", layers=[2], method="layer", epochs=3)  # 3 x 34 steps: a short run of any length ends whole
+    teacher = Matryoshka2DEncoder(minilm_path).encode_documents(held_out)
+    cosines = {
+        method: float((Matryoshka2DEncoder(tmp_path / method, num_layers=2).encode_documents(held_out) * teacher).sum(1).mean())
+        for method in ("ridge", "layer")
+    }
+    assert cosines["layer"] > cosines["ridge"] + 0.005, cosines
+
+
+def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(sentences[:40]) + "\n", encoding="utf-8")
+    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--layers", "2", "--method", "layer", "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\n\s+2  layer\s", printed) and "layer: agreement among the held-out texts only" in printed
+    assert json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())["layers"] == {"2": {"replaces": 2}}
+    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(tmp_path / "o2"), "--method", "layer", "--sides", "per-side"]) == 2
+    assert "method='layer' learns one exit layer and head per depth for queries and documents alike: use sides='shared'" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()

@@ -92,6 +92,19 @@ def test_an_affine_exit_head_becomes_one_dense_module(method: str, tiny_base: Pa
     assert _min_cosine(Matryoshka2DEncoder(out).encode_documents(TEXTS), ours) >= 0.99999
 
 
+def test_an_exit_layer_exports_as_the_last_layer_in_both_formats(tiny_base: Path, tmp_path: Path, sentences: list[str]) -> None:
+    adapted = tmp_path / "adapted"
+    adapt(tiny_base, sentences[:60], adapted, layers=[2], method="layer")
+    ours = Matryoshka2DEncoder(adapted, num_layers=2)
+    expected = ours.encode_documents(TEXTS)
+    out = export_model(adapted, tmp_path / "export", num_layers=2)
+    assert _min_cosine(_sentence_transformer(out).encode(TEXTS), expected) >= 0.99999
+    assert _min_cosine(Matryoshka2DEncoder(out).encode_documents(TEXTS), expected) >= 0.99999
+    graph = export_model(adapted, tmp_path / "onnx", num_layers=2, format="onnx")
+    vectors = run_graph(graph / "model.onnx", ours.loaded_model.tokenizer(TEXTS, padding=True, return_tensors="np"))
+    assert _min_cosine(vectors, expected) >= 0.99999
+
+
 def test_an_mlp_head_exports_to_onnx_only(tiny_base: Path, tmp_path: Path, sentences: list[str]) -> None:
     adapted = tmp_path / "adapted"
     adapt(tiny_base, sentences[:60], adapted, layers=[1], method="mlp", epochs=1)

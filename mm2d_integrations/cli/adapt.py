@@ -10,6 +10,7 @@ from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.training.adapt import (
     EPOCHS,
     HEAD_SIDES,
+    LAYER_EPOCHS,
     LOSSES,
     MAX_TEXTS,
     METHODS,
@@ -32,7 +33,11 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus", type=Path, required=True, help="a folder of documents, a .jsonl (BEIR corpus) or a file of one text a line")
     parser.add_argument("--out", type=Path, required=True, help="new folder for the adapted model (base files copied unchanged, plus the heads)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths that get a head (default: every depth below full)")
-    parser.add_argument("--method", choices=METHODS, default="auto", help="head kind; auto keeps the best on held-out text (default)")
+    parser.add_argument(
+        "--method", choices=METHODS, default="auto",
+        help="head kind; auto keeps the best on held-out text (default); layer: a retrained last layer plus a linear head per depth "
+        "(slower, keeps rankings better: docs/adapt.md)",
+    )
     parser.add_argument(
         "--loss", choices=LOSSES, default="cosine",
         help="what trained heads learn: cosine to the teacher (default), plus its in-batch similarities or its listwise top-k "
@@ -46,7 +51,9 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"of the ranking losses' softmax (default {TEMPERATURE})")
     parser.add_argument("--top-k", type=int, default=TOP_K, help=f"teacher's nearest documents per query in the listwise loss (default {TOP_K})")
     parser.add_argument("--max-texts", type=int, default=MAX_TEXTS, help=f"sample at most this many texts (default {MAX_TEXTS})")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs of the lowrank and mlp heads (default {EPOCHS})")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help=f"training epochs of the lowrank and mlp heads (default {EPOCHS}) or of the exit layers (default {LAYER_EPOCHS})"
+    )
     parser.add_argument("--mlp-hidden", type=int, default=None, help="hidden width of the mlp head (default 4 x the model's width)")
     parser.add_argument("--seed", type=int, default=0)
     add_encoder_options(parser, only=("batch_size", "device", "show_progress"))
@@ -80,5 +87,7 @@ def format_adapt_report(report: AdaptReport) -> str:
             f"{depth:>6}  {result.chosen:<23}  {result.raw_agreement:>11.3f} / {result.raw_cosine:.3f}  "
             f"{result.agreement:>11.3f} / {result.cosine:.3f}  {tried}"
         )
+    if any(result.kind == "layer" for result in report.depths.values()):
+        lines.append("layer: agreement among the held-out texts only (ranking the whole corpus through the layer would cost another pass)")
     lines.append(f"wrote {report.out}: use it as any model folder, e.g. mm2d eval sts FILE --model {report.out}")
     return "\n".join(lines)

@@ -153,6 +153,12 @@ class Matryoshka2DEncoder:
         )
         self._check_query_depth()
         self.backend = resolve_backend(given.backend, self.device, self.dtype)
+        if self._loaded.exit_heads.layers and (self.backend != "torch" or self.compute_precision == "int8"):
+            raise ValueError(
+                f"model {self._loaded.source.name!r} has exit layers (mm2d adapt --method layer), which the "
+                f"{'int8 compute precision' if self.backend == 'torch' else repr(self.backend) + ' backend'} does not run: "
+                "use backend='torch' without int8, or export one depth (mm2d export, sentence-transformers or onnx format)"
+            )
         self._onnx = onnx_model(self._loaded) if self.backend == "onnx" else None
         if self.compute_precision == "int8" and self.backend != "torch":
             raise ValueError(f"compute_precision='int8' runs with backend='torch', not {self.backend!r}")
@@ -445,20 +451,23 @@ class Matryoshka2DEncoder:
         included); several run every loaded layer and read each off."""
         input_ids, attention_mask = self._pad(token_ids)
         hidden_states = self._hidden_states(input_ids, attention_mask, num_layers)
-        pooling_mask = attention_mask
-        if skipped:
-            pooling_mask = attention_mask.clone()
-            pooling_mask[:, :skipped] = 0
-            # A text that merged with the prompt's last word into fewer tokens would pool nothing (a zero
-            # vector): it is pooled with its prompt instead.
-            empty = pooling_mask.sum(dim=1) == 0
-            pooling_mask[empty] = attention_mask[empty]
+        pooling_mask = _pooling_mask(attention_mask, skipped)
         pooled = {}
         for kept in num_layers:
             vectors = pool(hidden_states[kept].float(), pooling_mask, self.pooling)
             vectors = self._loaded.exit_heads.apply(kept, vectors, side)  # none at full depth
             pooled[kept] = vectors.cpu().numpy()
         return pooled
+
+    def pooled_through(self, model: torch.nn.Module, texts: Sequence[str], prompt: str = "") -> torch.Tensor:
+        """Pooled states of `texts` (one batch, `prompt` before each) from `model`, a view of this encoder's
+        transformer (`loaded_model.cut`, or one with a layer being trained), with autograd on: what
+        `mm2d adapt --method layer` trains an exit layer through."""
+        token_ids = self._token_ids([prompt + text for text in texts])
+        skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
+        input_ids, attention_mask = self._pad(token_ids)
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden.float(), _pooling_mask(attention_mask, skipped), self.pooling)
 
     def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: list[int]) -> dict[int, torch.Tensor]:
         """{kept: hidden state after that many layers (the architecture's final norm applied)} from one
@@ -468,9 +477,15 @@ class Matryoshka2DEncoder:
         else:
             single = len(num_layers) == 1
             last = num_layers[0] if single else self._loaded.num_layers
+            exit_layers = self._loaded.exit_heads.layers
             with self._autocast():
                 output = self._runner.cut(last)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not single)
-            states = {kept: output.last_hidden_state if kept == last else output.hidden_states[kept] for kept in num_layers}
+                # A shallower depth with an exit layer runs it instead of its last base layer: a pass of its own.
+                own = {
+                    kept: self._runner.cut(kept)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                    for kept in num_layers if kept != last and kept in exit_layers
+                }
+            states = {kept: output.last_hidden_state if kept == last else own.get(kept, output.hidden_states[kept]) for kept in num_layers}
         final_norm = self._loaded.final_norm
         return {kept: hidden if kept == last or final_norm is None else final_norm(hidden) for kept, hidden in states.items()}
 
@@ -480,6 +495,18 @@ class Matryoshka2DEncoder:
             f"Matryoshka2DEncoder({self.model_name!r}, num_layers={self.num_layers}/{self.max_layers}{queries}, "
             f"dimensions={self.dimensions}/{self.max_dimensions}, pooling={self.pooling!r})"
         )
+
+
+def _pooling_mask(attention_mask: torch.Tensor, skipped: int) -> torch.Tensor:
+    """The tokens pooled: all but the first `skipped` (a prompt). A text that merged with the prompt's
+    last word into fewer tokens would pool nothing (a zero vector): it is pooled with its prompt instead."""
+    if not skipped:
+        return attention_mask
+    pooling_mask = attention_mask.clone()
+    pooling_mask[:, :skipped] = 0
+    empty = pooling_mask.sum(dim=1) == 0
+    pooling_mask[empty] = attention_mask[empty]
+    return pooling_mask
 
 
 @dataclass(frozen=True)

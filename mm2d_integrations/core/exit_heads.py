@@ -11,10 +11,16 @@ A depth may have two heads, one for each side (`mm2d adapt --sides per-side`): t
 `heads`, the query head under `query_heads` (tensors `q<depth>.*`). Such a folder is written as format
 `mm2d-exit-heads/2`, so that a reader that knows only one head per depth refuses it instead of giving
 queries the document head; a folder with one head per depth stays `mm2d-exit-heads/1`.
+
+A depth may also have an **exit layer** (`mm2d adapt --method layer`): a retrained copy of that depth's
+last transformer layer that runs instead of it when the model is cut there (tensors `layer<depth>.*`,
+described under `layers`). The base layers stay as they were, so full depth and every depth without an
+exit layer give what they gave before. Such a folder is written as format `mm2d-exit-heads/3`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +31,13 @@ from safetensors.torch import load_file, save
 
 from mm2d_integrations.core.source import ModelSource
 
-__all__ = ["FORMAT", "FORMAT_PER_SIDE", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "SIDES", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
+__all__ = ["FORMAT", "FORMAT_LAYERS", "FORMAT_PER_SIDE", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "SIDES", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
 
 HEADS_FILE = "mm2d_exit_heads.safetensors"
 HEADS_CONFIG = "mm2d_exit_heads.json"
 FORMAT = "mm2d-exit-heads/1"
 FORMAT_PER_SIDE = "mm2d-exit-heads/2"  # some depth has a query head of its own
+FORMAT_LAYERS = "mm2d-exit-heads/3"  # some depth has an exit layer
 SIDES = ("document", "query")
 KINDS = ("linear", "lowrank", "mlp")
 
@@ -80,6 +87,7 @@ class ExitHeads:
     heads: dict[int, ExitHead] = field(default_factory=dict)  # documents' (and queries', unless below)
     pooling: str | None = None
     query_heads: dict[int, ExitHead] = field(default_factory=dict)  # queries' own, where learned apart
+    layers: dict[int, torch.nn.Module] = field(default_factory=dict)  # depth -> the layer that runs instead of its last
 
     def head(self, depth: int, side: str = "document") -> ExitHead | None:
         """The head that maps `side`'s pooled vectors at `depth`: a query head of its own, else the shared one."""
@@ -104,27 +112,33 @@ class ExitHeads:
 
 
 def save_exit_heads(
-    folder: Path, heads: dict[int, ExitHead], description: dict[str, Any], query_heads: dict[int, ExitHead] | None = None
+    folder: Path, heads: dict[int, ExitHead], description: dict[str, Any], query_heads: dict[int, ExitHead] | None = None,
+    layers: dict[int, torch.nn.Module] | None = None,
 ) -> None:
-    """Write the heads (and the query heads of their own) and their description (`description` gains
-    each head's kind and width)."""
-    query_heads = query_heads or {}
+    """Write the heads (and the query heads of their own, and the exit layers) and their description
+    (`description` gains each head's kind and width)."""
+    query_heads, layers = query_heads or {}, layers or {}
+    if set(layers) - set(heads):
+        raise ValueError(f"exit layers at depths {sorted(set(layers) - set(heads))} without an exit head")
     tensors = {
         f"{prefix}{depth}.{name}": tensor.detach().float().cpu().contiguous()
-        for prefix, by_depth in (("", heads), ("q", query_heads))
+        for prefix, by_depth in (("", heads), ("q", query_heads), ("layer", layers))
         for depth, head in by_depth.items()
         for name, tensor in head.state_dict().items()
     }
     (folder / HEADS_FILE).write_bytes(save(tensors))
-    config = {"format": FORMAT_PER_SIDE if query_heads else FORMAT, **description}
+    config = {"format": FORMAT_LAYERS if layers else FORMAT_PER_SIDE if query_heads else FORMAT, **description}
     config["heads"] = {str(depth): {**heads[depth].describe(), **config.get("heads", {}).get(str(depth), {})} for depth in heads}
     if query_heads:
         config["query_heads"] = {str(depth): head.describe() for depth, head in query_heads.items()}
+    if layers:
+        config["layers"] = {str(depth): {"replaces": depth} for depth in layers}
     (folder / HEADS_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: torch.device) -> ExitHeads:
-    """The heads of a model folder, or no heads when it has no heads file."""
+def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: torch.device, base_layers: torch.nn.ModuleList | None = None) -> ExitHeads:
+    """The heads of a model folder, or no heads when it has no heads file. Exit layers are built as
+    copies of `base_layers` (the loaded ones: a depth deeper than those never runs) given their weights."""
     config_path = source.file(HEADS_CONFIG)
     if config_path is None:
         return ExitHeads()
@@ -132,14 +146,41 @@ def read_exit_heads(source: ModelSource, max_layers: int, width: int, device: to
     if tensors_path is None:
         raise FileNotFoundError(f"model {source.name!r} has {HEADS_CONFIG} but no {HEADS_FILE}")
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.get("format") not in (FORMAT, FORMAT_PER_SIDE):
-        raise ValueError(f"model {source.name!r}: {HEADS_CONFIG} has format {config.get('format')!r}, expected {FORMAT!r} or {FORMAT_PER_SIDE!r}")
+    if config.get("format") not in (FORMAT, FORMAT_PER_SIDE, FORMAT_LAYERS):
+        raise ValueError(
+            f"model {source.name!r}: {HEADS_CONFIG} has format {config.get('format')!r}, expected {FORMAT!r}, {FORMAT_PER_SIDE!r} or {FORMAT_LAYERS!r}"
+        )
     tensors = load_file(str(tensors_path))
     heads = _read_heads(source.name, config.get("heads", {}), tensors, "", max_layers, width, device)
     query_heads = _read_heads(source.name, config.get("query_heads", {}), tensors, "q", max_layers, width, device)
     if set(query_heads) - set(heads):
         raise ValueError(f"model {source.name!r}: query exit heads at depths {sorted(set(query_heads) - set(heads))} without a document head")
-    return ExitHeads(heads, config.get("pooling"), query_heads)
+    layers = _read_layers(source.name, config.get("layers", {}), tensors, base_layers, max_layers)
+    if set(layers) - set(heads):
+        raise ValueError(f"model {source.name!r}: exit layers at depths {sorted(set(layers) - set(heads))} without an exit head")
+    return ExitHeads(heads, config.get("pooling"), query_heads, layers)
+
+
+def _read_layers(
+    name: str, entries: dict[str, Any], tensors: dict[str, torch.Tensor], base_layers: torch.nn.ModuleList | None, max_layers: int
+) -> dict[int, torch.nn.Module]:
+    """Each exit layer: a copy of the base layer it replaces (so the architecture's own class, dtype and
+    device), with its own weights."""
+    layers: dict[int, torch.nn.Module] = {}
+    for key in entries:
+        depth = int(key)
+        if not 1 <= depth < max_layers:
+            raise ValueError(f"model {name!r}: exit layer for depth {depth}, outside [1, {max_layers - 1}]")
+        if base_layers is None or depth > len(base_layers):
+            continue  # loaded shallower: this depth never runs
+        layer = copy.deepcopy(base_layers[depth - 1])
+        own = {tensor.removeprefix(f"layer{key}."): value for tensor, value in tensors.items() if tensor.startswith(f"layer{key}.")}
+        try:
+            layer.load_state_dict(own)
+        except RuntimeError as error:
+            raise ValueError(f"model {name!r}: {HEADS_FILE} does not match {HEADS_CONFIG} at exit layer {depth}: {error}") from None
+        layers[depth] = layer.eval().requires_grad_(False)
+    return layers
 
 
 def _read_heads(

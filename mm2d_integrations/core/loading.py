@@ -117,9 +117,10 @@ def cut_config(config: Any, stack: LayerStack, depth: int) -> None:
         config.layer_types = config.layer_types[:depth]
 
 
-def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int) -> PreTrainedModel:
+def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int, last_layer: torch.nn.Module | None = None) -> PreTrainedModel:
     """`model` running only its first `depth` layers: shallow copies of the modules on the way to the
-    layer list, which holds the first `depth` layer modules themselves, so that no weight is copied.
+    layer list, which holds the first `depth` layer modules themselves, so that no weight is copied
+    (the last one replaced by `last_layer`, an exit layer, when given).
 
     For passes that read the last hidden state only: asked for hidden states, transformers would hook
     the shared layers a second time.
@@ -135,7 +136,10 @@ def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int) -> PreTr
         parent._modules[attribute] = child
         parent = child
     parent._modules = dict(parent._modules)
-    parent._modules[stack.layers_path[-1]] = torch.nn.ModuleList(list(layer_list(model, stack))[:depth])
+    kept = list(layer_list(model, stack))[:depth]
+    if last_layer is not None:
+        kept[-1] = last_layer
+    parent._modules[stack.layers_path[-1]] = torch.nn.ModuleList(kept)
     return view
 
 
@@ -176,11 +180,13 @@ class LoadedModel:
         return layer_list(self.model, self.stack)
 
     def cut(self, depth: int) -> PreTrainedModel:
-        """The model running its first `depth` layers (see `shallow_view`); itself at the loaded depth."""
-        if depth == self.num_layers:
+        """The model running its first `depth` layers (see `shallow_view`), the last one the depth's exit
+        layer where it has one; itself at the loaded depth otherwise."""
+        exit_layer = self.exit_heads.layers.get(depth)
+        if depth == self.num_layers and exit_layer is None:
             return self.model
         if depth not in self._views:  # two threads may both build one: equal views, either will do
-            self._views[depth] = shallow_view(self.model, self.stack, check_int_in_range("depth", depth, 1, self.num_layers))
+            self._views[depth] = shallow_view(self.model, self.stack, check_int_in_range("depth", depth, 1, self.num_layers), exit_layer)
         return self._views[depth]
 
     @property
@@ -283,16 +289,17 @@ def _load(
     settings = replace(settings, max_length=_checkpoint_max_length(source.name, settings.max_length, tokenizer, limit))
     if settings.pooling is not None and settings.pooling not in POOLING_MODES:
         raise ValueError(f"model {source.name!r} asks for unknown pooling {settings.pooling!r}")
+    model = model.to(device).eval()
     return LoadedModel(
         source=source,
         tokenizer=tokenizer,
-        model=model.to(device).eval(),
+        model=model,
         stack=stack,
         max_layers=max_layers,
         num_layers=kept,
         settings=settings,
         position_limit=limit,
-        exit_heads=read_exit_heads(source, max_layers, int(config.hidden_size), device),
+        exit_heads=read_exit_heads(source, max_layers, int(config.hidden_size), device, layer_list(model, stack)),
         dense=read_dense_stack(source, settings.dense or (), int(config.hidden_size), device, allow_pickle),
     )
 

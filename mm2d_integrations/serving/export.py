@@ -66,7 +66,7 @@ def export_model(
         loaded = encoder.loaded_model
         loaded.tokenizer.save_pretrained(staging)
         if format == "sentence-transformers":
-            loaded.model.save_pretrained(staging)
+            loaded.cut(encoder.num_layers).save_pretrained(staging)  # an exit layer written as the last layer
             _write_sentence_transformers_files(encoder, staging, affines)
         else:
             _write_onnx(encoder, staging / "model.onnx")
@@ -173,7 +173,7 @@ class Pipeline(torch.nn.Module):
 
     def __init__(self, encoder: Matryoshka2DEncoder) -> None:
         super().__init__()
-        self.model = encoder.loaded_model.model
+        self.model = encoder.loaded_model.cut(encoder.num_layers)  # with the depth's exit layer, where it has one
         self.exit_heads = encoder.loaded_model.exit_heads
         self.depth, self.dimensions, self.pooling, self.normalize = encoder.num_layers, encoder.dimensions, encoder.pooling, encoder.normalize
 

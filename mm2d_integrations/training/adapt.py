@@ -13,6 +13,7 @@ are copied unchanged beside the heads, so full depth stays bit-identical.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -29,16 +30,17 @@ import torch
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
 from mm2d_integrations.core.folders import check_new_folder, staged_folder
+from mm2d_integrations.core.loading import shallow_view
 from mm2d_integrations.core.validation import check_int_in_range
 from mm2d_integrations.retrieval.documents import file_kind, load_folder, split_documents
 
 __all__ = [
     "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",
-    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
-    "Rows", "Training", "adapt", "agreement", "cut_pseudo_queries", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
+    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "LAYER_BATCH", "LAYER_EPOCHS", "LAYER_LEARNING_RATE", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
+    "Rows", "Training", "adapt", "agreement", "cut_pseudo_queries", "fit_exit_layer", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
 ]
 
-METHODS = ("auto", "ridge", "lowrank", "mlp")
+METHODS = ("auto", "ridge", "lowrank", "mlp", "layer")
 MIN_TEXTS = 10
 MAX_TEXTS = 20_000  # default cap: every depth's pooled vectors of every text are held in memory
 HELD_OUT_SHARE = 0.1
@@ -55,6 +57,9 @@ PSEUDO_QUERY_WORDS = (4, 32)  # a pseudo-query's fewest and most words
 TEMPERATURE = 0.05  # of the softmax over similarities that the ranking losses match
 TOP_K = 16  # the teacher's nearest documents per query in the listwise loss (and as many random ones)
 RANKING_WEIGHT = 0.1  # of a ranking loss beside the cosine loss
+LAYER_EPOCHS = 1  # an exit layer costs a pass through the kept layers per step: one epoch (docs/adapt.md)
+LAYER_LEARNING_RATE = 3e-4  # of the exit layer (its head: LEARNING_RATE)
+LAYER_BATCH = (16, 96)  # texts and pseudo-queries a step
 AGREEMENT_K = 10  # held-out agreement: the share of the teacher's top 10 documents that a head's top 10 keeps
 MAX_AGREEMENT_QUERIES = 1_000
 
@@ -201,7 +206,7 @@ def adapt(
     temperature: float = TEMPERATURE,
     top_k: int = TOP_K,
     max_texts: int | None = MAX_TEXTS,
-    epochs: int = EPOCHS,
+    epochs: int | None = None,
     mlp_hidden: int | None = None,
     seed: int = 0,
     batch_size: int = 32,
@@ -222,7 +227,9 @@ def adapt(
     for name, value, allowed in (("method", method, METHODS), ("loss", loss, LOSSES), ("sides", sides, HEAD_SIDES)):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    check_int_in_range("epochs", epochs, 1, 10_000)
+    if method == "layer" and sides != "shared":
+        raise ValueError("method='layer' learns one exit layer and head per depth for queries and documents alike: use sides='shared'")
+    epochs = (LAYER_EPOCHS if method == "layer" else EPOCHS) if epochs is None else check_int_in_range("epochs", epochs, 1, 10_000)
     check_int_in_range("pseudo_queries", pseudo_queries, 0, 100)
     check_int_in_range("top_k", top_k, 1, 1 << 16)
     if not (isinstance(temperature, (int, float)) and 1e-4 <= temperature <= 10):
@@ -249,13 +256,16 @@ def adapt(
     rows = _pooled_rows(teacher, texts, queries, sources, depths, report.held_out, seed, show_progress)
     report.encode_seconds = time.perf_counter() - clock
     training = Training(method, _losses(loss), hidden, epochs, seed, temperature, top_k)
-    heads, query_heads = {}, {}
+    heads, query_heads, exit_layers = {}, {}, {}
     for depth in depths:
+        if method == "layer":
+            exit_layers[depth], heads[depth], report.depths[depth] = fit_exit_layer(teacher, depth, rows[depth], texts, queries, training)
+            continue
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
         if query_head is not None:
             query_heads[depth] = query_head
     choices = {"method": method, "loss": loss, "sides": sides, "pseudo_queries": pseudo_queries, "temperature": temperature, "top_k": top_k}
-    _write_folder(teacher, heads, query_heads, report, out, choices)
+    _write_folder(teacher, heads, query_heads, report, out, choices, exit_layers)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -504,9 +514,94 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
     return queries @ documents.T if documents.dim() == 2 else torch.einsum("qd,qcd->qc", queries, documents)
 
 
+def fit_exit_layer(
+    teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], queries: list[str], training: Training
+) -> tuple[torch.nn.Module, ExitHead, DepthResult]:
+    """A retrained copy of layer `depth` and a linear head after pooling, trained together (the base layers
+    below stay frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
+    `RANKING_WEIGHT` times the KL divergence from the teacher's softmax over documents to the student's
+    for each pseudo-query, twice: over every document at full depth (cross depth) and over the batch's
+    documents through the layer (same depth). Starts at the base layer and the ridge head;
+    `training.epochs` epochs (default `LAYER_EPOCHS`), Adam (the layer at `LAYER_LEARNING_RATE`, the
+    head at `LEARNING_RATE`), one-cycle."""
+    fitting, held = rows.side(fitting=True), rows.side(fitting=False)
+    head = fit_ridge(*fitting.pointwise("shared"), *held.pointwise("shared"))
+    loaded = teacher.loaded_model
+    loaded.model.requires_grad_(False)  # frozen: no graph through the layers below (inference never needs one)
+    layer = copy.deepcopy(loaded.layers[depth - 1]).requires_grad_(True)
+    head.requires_grad_(True)
+    view = shallow_view(loaded.model, loaded.stack, depth, layer)
+    same_prompt = teacher.query_prompt == teacher.document_prompt
+    asked = ([] if same_prompt else texts) + queries  # as _pooled_rows orders the query side
+    documents = [text for text, held_out in zip(texts, rows.held.tolist()) if not held_out]
+    fitting_queries = [text for text, source in zip(asked, rows.query_sources.tolist()) if not rows.held[source]]
+    rates = (LAYER_LEARNING_RATE, LEARNING_RATE)
+    optimiser = torch.optim.Adam([{"params": list(layer.parameters()), "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}])
+    text_batch, query_batch = LAYER_BATCH
+    steps = max(1, -(-len(documents) * training.epochs // text_batch))  # the epochs' orders run on into each other
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=list(rates), total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(training.seed + depth)
+    order = torch.cat([torch.randperm(len(documents), generator=generator) for _ in range(training.epochs)])
+
+    def vectors(batch: list[str], prompt: str) -> torch.Tensor:
+        return torch.nn.functional.normalize(head(teacher.pooled_through(view, batch, prompt)), dim=1)
+
+    def ranking(student: torch.Tensor, targets: torch.Tensor, documents: torch.Tensor, document_targets: torch.Tensor) -> torch.Tensor:
+        teacher_scores = torch.log_softmax(targets @ document_targets.T / training.temperature, 1)
+        student_scores = torch.log_softmax(student @ documents.T / training.temperature, 1)
+        return RANKING_WEIGHT * torch.nn.functional.kl_div(student_scores, teacher_scores, log_target=True, reduction="batchmean")
+
+    for step in range(steps):
+        picked = order[step * text_batch : (step + 1) * text_batch]
+        batch_documents, batch_targets = vectors([documents[i] for i in picked.tolist()], teacher.document_prompt), fitting.document_targets[picked]
+        value = 1 - (batch_documents * batch_targets).sum(1).mean()
+        if fitting_queries:
+            asked_now = torch.randint(len(fitting_queries), (query_batch,), generator=generator)
+            student = vectors([fitting_queries[i] for i in asked_now.tolist()], teacher.query_prompt)
+            targets = fitting.query_targets[asked_now]
+            value = value + 1 - (student * targets).sum(1).mean()
+            value = value + ranking(student, targets, rows.document_targets, rows.document_targets)  # cross depth: every document
+            value = value + ranking(student, targets, batch_documents, batch_targets)  # same depth: the batch's documents through the layer
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+        schedule.step()
+    layer.requires_grad_(False)
+    head.eval().requires_grad_(False)
+    return layer, head, _held_out_result(teacher, view, head, rows, texts, asked)
+
+
+@torch.no_grad()
+def _held_out_result(
+    teacher: Matryoshka2DEncoder, view: torch.nn.Module, head: ExitHead, rows: Rows, texts: list[str], asked: list[str]
+) -> DepthResult:
+    """The exit layer's held-out cosine and agreement (among the held-out documents: re-embedding the
+    whole corpus through it would cost another pass), beside the plain cut's on the same texts."""
+    held = rows.side(fitting=False)
+    documents = [text for text, held_out in zip(texts, rows.held.tolist()) if held_out]
+    held_queries = [text for text, source in zip(asked, rows.query_sources.tolist()) if rows.held[source]]
+    batch = 64
+
+    def pooled(batch_texts: list[str], prompt: str) -> torch.Tensor:
+        if not batch_texts:
+            return torch.empty(0, rows.documents.shape[1])
+        return torch.cat([teacher.pooled_through(view, batch_texts[i : i + batch], prompt) for i in range(0, len(batch_texts), batch)])
+
+    through = Rows(
+        pooled(documents, teacher.document_prompt), held.document_targets, pooled(held_queries, teacher.query_prompt), held.query_targets,
+        held.query_sources, torch.ones(len(documents), dtype=torch.bool),
+    )
+    plain = Rows(held.documents, held.document_targets, held.queries, held.query_targets, held.query_sources, through.held)
+    identity = torch.nn.Identity()
+    return DepthResult(
+        "layer", mean_cosine(identity, held.documents, held.document_targets), {"layer": mean_cosine(head, through.documents, held.document_targets)},
+        agreements={"layer": agreement(through, head, head)}, raw_agreement=agreement(plain, identity, identity),
+    )
+
+
 def _write_folder(
     teacher: Matryoshka2DEncoder, heads: dict[int, ExitHead], query_heads: dict[int, ExitHead], report: AdaptReport, out: Path,
-    choices: dict[str, Any],
+    choices: dict[str, Any], exit_layers: dict[int, torch.nn.Module],
 ) -> None:
     """The base model's files, unchanged, plus the heads; written aside and moved in at the end."""
     source = teacher.source
@@ -534,4 +629,4 @@ def _write_folder(
                 for depth, result in report.depths.items()
             },
         }
-        save_exit_heads(staging, heads, description, query_heads)
+        save_exit_heads(staging, heads, description, query_heads, exit_layers)
