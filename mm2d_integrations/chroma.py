@@ -92,6 +92,10 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
     first use, once (see `EncoderHandle`).
     """
 
+    _handle: EncoderHandle | None  # None until a stored configuration is first built
+    _stored: dict[str, Any] | None
+    _lock: threading.Lock
+
     def __init__(
         self,
         model_name: str | Path | None = None,
@@ -108,10 +112,11 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
             if model_name is None:
                 raise ValueError("model_name must name the endpoint's model when base_url is given")
             encoder = RemoteEncoder(base_url, str(model_name), options, api_key=api_key, **overrides)
-        built = encoder or Matryoshka2DEncoder(model_name or default_model(), options, **overrides)
-        self._handle: EncoderHandle | None = EncoderHandle(built)
-        self._stored: dict[str, Any] | None = None
-        self._lock = threading.Lock()
+        self._start(EncoderHandle(encoder or Matryoshka2DEncoder(model_name or default_model(), options, **overrides)), None)
+
+    def _start(self, handle: EncoderHandle | None, stored: dict[str, Any] | None) -> None:
+        """The state every way of making one sets: an encoder's handle, or a stored configuration to build it from."""
+        self._handle, self._stored, self._lock = handle, stored, threading.Lock()
 
     @classmethod
     def _deferred(cls, config: dict[str, Any]) -> Matryoshka2DEmbeddingFunction:
@@ -119,14 +124,14 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         the model still gives the stored space. chromadb rebuilds a collection's function every time it
         reads the collection, so building must cost nothing until vectors are asked for."""
         function = cls.__new__(cls)
-        function._handle, function._stored, function._lock = None, config, threading.Lock()
+        function._start(None, config)
         return function
 
     @classmethod
     def of(cls, encoder: Matryoshka2DEncoder | RemoteEncoder) -> Matryoshka2DEmbeddingFunction:
         """The function over `encoder` as it is (`Matryoshka2DEmbeddingFunction(encoder=encoder)`, with nothing to build)."""
         function = cls.__new__(cls)
-        function._handle, function._stored, function._lock = EncoderHandle(encoder), None, threading.Lock()
+        function._start(EncoderHandle(encoder), None)
         return function
 
     @property
@@ -141,7 +146,7 @@ class Matryoshka2DEmbeddingFunction(EmbeddingFunction[Documents]):
         return {"handle": self._handle or EncoderHandle(recipe=_stored_recipe(self._stored or {}))}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._handle, self._stored, self._lock = state["handle"], None, threading.Lock()
+        self._start(state["handle"], None)
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(self.encoder.encode_documents(list(input)))

@@ -72,10 +72,6 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _funnel(args: argparse.Namespace) -> Funnel | None:
-    return Funnel.parse(args.funnel) if args.funnel else None
-
-
 def _ask(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask
 
@@ -94,7 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
     from mm2d_integrations.rag.pipeline import ask, index
 
     folder, questions = SAMPLE_DOCS, load_questions()
-    funnel = _funnel(args)
+    funnel = Funnel.parse(args.funnel) if args.funnel else None
     with tempfile.TemporaryDirectory(prefix="mm2d-demo-") as scratch:
         encoder = Matryoshka2DEncoder(args.model or default_model(), options_from(args))
         store = _store(args, persist_dir=args.persist_dir or scratch, shortlist_dims=funnel and funnel.shortlist_dims, encoder=encoder)
