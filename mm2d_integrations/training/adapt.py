@@ -257,9 +257,10 @@ def adapt(
     report.encode_seconds = time.perf_counter() - clock
     training = Training(method, _losses(loss), hidden, epochs, seed, temperature, top_k)
     heads, query_heads, exit_layers = {}, {}, {}
+    asked = _query_side(teacher, texts, queries, sources)[0]
     for depth in depths:
         if method == "layer":
-            exit_layers[depth], heads[depth], report.depths[depth] = fit_exit_layer(teacher, depth, rows[depth], texts, queries, training)
+            exit_layers[depth], heads[depth], report.depths[depth] = fit_exit_layer(teacher, depth, rows[depth], texts, asked, training)
             continue
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
         if query_head is not None:
@@ -292,8 +293,7 @@ def _pooled_rows(
     full = teacher.max_layers
     every = [*depths, full]
     documents = teacher.pooled_layerwise(texts, every, prompt=teacher.document_prompt, show_progress=show_progress)
-    asked = ([*texts] if teacher.query_prompt != teacher.document_prompt else []) + queries
-    asked_sources = (list(range(len(texts))) if teacher.query_prompt != teacher.document_prompt else []) + sources
+    asked, asked_sources = _query_side(teacher, texts, queries, sources)
     width = documents[full].shape[1]
     asking = (
         teacher.pooled_layerwise(asked, every, prompt=teacher.query_prompt, show_progress=show_progress)
@@ -308,6 +308,23 @@ def _pooled_rows(
         depth: Rows(torch.from_numpy(documents[depth]), document_targets, torch.from_numpy(asking[depth]), query_targets, query_sources, held)
         for depth in depths
     }
+
+
+def _query_side(teacher: Matryoshka2DEncoder, texts: list[str], queries: list[str], sources: list[int]) -> tuple[list[str], list[int]]:
+    """What is embedded with the query prompt, in `Rows.queries`' order, and the text each came from: the
+    pseudo-queries, after the texts themselves where the model has a query prompt of its own."""
+    if teacher.query_prompt == teacher.document_prompt:
+        return queries, sources
+    return [*texts, *queries], [*range(len(texts)), *sources]
+
+
+def _texts_of(rows: Rows, texts: list[str], asked: list[str], held_out: bool) -> tuple[list[str], list[str]]:
+    """The documents and query-side texts of `rows.side(fitting=not held_out)`, in its order."""
+    held = rows.held.tolist()
+    return (
+        [text for text, flag in zip(texts, held) if flag == held_out],
+        [text for text, source in zip(asked, rows.query_sources.tolist()) if held[source] == held_out],
+    )
 
 
 @dataclass(frozen=True)
@@ -515,7 +532,7 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
 
 
 def fit_exit_layer(
-    teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], queries: list[str], training: Training
+    teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], asked: list[str], training: Training
 ) -> tuple[torch.nn.Module, ExitHead, DepthResult]:
     """A retrained copy of layer `depth` and a linear head after pooling, trained together (the base layers
     below stay frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
@@ -531,10 +548,7 @@ def fit_exit_layer(
     layer = copy.deepcopy(loaded.layers[depth - 1]).requires_grad_(True)
     head.requires_grad_(True)
     view = shallow_view(loaded.model, loaded.stack, depth, layer)
-    same_prompt = teacher.query_prompt == teacher.document_prompt
-    asked = ([] if same_prompt else texts) + queries  # as _pooled_rows orders the query side
-    documents = [text for text, held_out in zip(texts, rows.held.tolist()) if not held_out]
-    fitting_queries = [text for text, source in zip(asked, rows.query_sources.tolist()) if not rows.held[source]]
+    documents, fitting_queries = _texts_of(rows, texts, asked, held_out=False)
     rates = (LAYER_LEARNING_RATE, LEARNING_RATE)
     optimiser = torch.optim.Adam([{"params": list(layer.parameters()), "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}])
     text_batch, query_batch = LAYER_BATCH
@@ -578,8 +592,7 @@ def _held_out_result(
     """The exit layer's held-out cosine and agreement (among the held-out documents: re-embedding the
     whole corpus through it would cost another pass), beside the plain cut's on the same texts."""
     held = rows.side(fitting=False)
-    documents = [text for text, held_out in zip(texts, rows.held.tolist()) if held_out]
-    held_queries = [text for text, source in zip(asked, rows.query_sources.tolist()) if rows.held[source]]
+    documents, held_queries = _texts_of(rows, texts, asked, held_out=True)
     batch = 64
 
     def pooled(batch_texts: list[str], prompt: str) -> torch.Tensor:
