@@ -3,13 +3,14 @@
 Adapts all-MiniLM-L6-v2 on the 5,183 abstracts of BEIR SciFact (documents only: the claims are never
 seen in training), then scores the 505 train claims at each depth, same-depth (queries and documents
 cut alike) and cross-depth (queries shallow, documents at full depth), and STS Benchmark dev at each
-depth, for: the plain cut, `mm2d adapt` with its default heads, and `mm2d adapt --method layer`.
+depth, for: the plain cut, `mm2d adapt` as it comes (an exit layer at the middle depth, heads elsewhere),
+heads alone (`--exit-layers none`) and an exit layer at every depth scored (`--exit-layers` all of them).
 Prints one row per method and depth with the share of full depth, and the adaptation's wall time.
 
 Data: $MM2D_SCIFACT_DIR (default ../shared/data/scifact-train: corpus.jsonl, queries.jsonl,
 qrels/train.tsv) and $MM2D_STSB_DIR/sts-dev.csv (default ../shared/data/stsb). Never copied here.
 
-Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain heads layer] [--layers 1 3] [--epochs N] [--json OUT]
+Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain default heads layer] [--layers 1 3] [--layer-epochs N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.evaluation.cross_depth import evaluate_depths
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import evaluate_sts
-from mm2d_integrations.training.adapt import adapt, read_corpus
+from mm2d_integrations.training.adapt import LAYER_EPOCHS, adapt, read_corpus
 
 SCIFACT = Path(os.environ.get("MM2D_SCIFACT_DIR", "../shared/data/scifact-train"))
 STSB = Path(os.environ.get("MM2D_STSB_DIR", "../shared/data/stsb"))
+# method -> adapt's exit_layers: none adapted (plain), adapt's default, none (heads), every depth (layer: --layers)
+EXIT_LAYERS: dict[str, list[int] | None] = {"plain": [], "default": None, "heads": [], "layer": None}
 
 
 def train_split(folder: Path, scratch: Path) -> Path:
@@ -44,12 +47,13 @@ def train_split(folder: Path, scratch: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["plain", "heads", "layer"], choices=["plain", "heads", "layer"])
+    parser.add_argument("--methods", nargs="+", default=["plain", "default", "heads"], choices=list(EXIT_LAYERS))
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths to adapt and score (default every one)")
-    parser.add_argument("--epochs", type=int, default=None, help="of the exit layers or trained heads (default: adapt's)")
+    parser.add_argument("--layer-epochs", type=int, default=LAYER_EPOCHS, help=f"of the exit layers (default {LAYER_EPOCHS})")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     base = default_model()
+    full = Matryoshka2DEncoder(base).max_layers
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         dataset = read_beir(train_split(SCIFACT, scratch))
@@ -61,7 +65,8 @@ def main() -> None:
             model, seconds = base, 0.0
             if method != "plain":
                 started = time.perf_counter()
-                model = str(adapt(base, texts, scratch / method, layers=args.layers, method="auto" if method == "heads" else method, epochs=args.epochs).out)
+                exit_layers = (args.layers or list(range(1, full))) if method == "layer" else EXIT_LAYERS[method]
+                model = str(adapt(base, texts, scratch / method, layers=args.layers, exit_layers=exit_layers, layer_epochs=args.layer_epochs).out)
                 seconds = time.perf_counter() - started
             encoder = Matryoshka2DEncoder(model)
             depths = sorted({*(args.layers or range(1, encoder.max_layers)), encoder.max_layers})

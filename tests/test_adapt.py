@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -12,10 +13,24 @@ from safetensors.numpy import load_file
 from scipy.special import erf
 
 from mm2d_integrations import Matryoshka2DEncoder
-from mm2d_integrations.cli import main
+from mm2d_integrations.cli import build_parser, main
 from mm2d_integrations.core.exit_heads import FORMAT, FORMAT_LAYERS, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
+from mm2d_integrations.core.loading import shallow_view
 from mm2d_integrations.evaluation.datasets import StsPairs
-from mm2d_integrations.training.adapt import PSEUDO_QUERIES, Rows, Training, adapt, agreement, cut_pseudo_queries, fit_head, read_corpus
+from mm2d_integrations.training import adapt as adapt_module
+from mm2d_integrations.training.adapt import (
+    LAYER_EPOCHS,
+    PSEUDO_QUERIES,
+    Rows,
+    Training,
+    _keeping,
+    _Replay,
+    adapt,
+    agreement,
+    cut_pseudo_queries,
+    fit_head,
+    read_corpus,
+)
 from tests.conftest import GRADED_PAIRS, distinct_sentences
 from tests.tiny_models import build_tiny_model
 
@@ -32,7 +47,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Pa
 @pytest.fixture(scope="module", params=["ridge", "lowrank", "mlp"])
 def adapted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
     out = tmp_path_factory.mktemp("adapted") / request.param
-    report = adapt(tiny_base, sentences[:80], out, method=request.param, loss="cosine", epochs=2)
+    report = adapt(tiny_base, sentences[:80], out, exit_layers=[], method=request.param, loss="cosine", epochs=2)
     assert {result.kind for result in report.depths.values()} == {request.param} and sorted(report.depths) == [1, 2, 3]
     return out
 
@@ -146,6 +161,9 @@ def test_a_folder_of_documents_and_a_jsonl_are_corpora(tmp_path: Path) -> None:
         ("few.txt", [], "has 3 distinct texts; adapting needs at least 10"),
         ("good.txt", ["--layers", "4"], r"layers must be an int in \[1, 3\], got 4"),
         ("good.txt", ["--layers", "0"], r"layers must be an int in \[1, 3\], got 0"),
+        ("good.txt", ["--exit-layers", "4"], r"exit_layers must be an int in \[1, 3\], got 4"),
+        ("good.txt", ["--layers", "1", "--exit-layers", "2"], r"exit_layers \[2\] must be among the depths adapted, layers \[1\]"),
+        ("good.txt", ["--layer-epochs", "0"], r"layer_epochs must be an int in \[1, 10000\], got 0"),
         ("good.txt", ["--out-exists"], "exists and is not an empty folder"),
         ("good.txt", ["--temperature", "0"], r"temperature must be a number in \[0.0001, 10\], got 0.0"),
         ("good.txt", ["--top-k", "0"], r"top_k must be an int in \[1, 65536\], got 0"),
@@ -171,7 +189,7 @@ def test_bad_input_exits_2_naming_the_problem(
     typed = {name: value if name == "sides" else float(value) if name == "temperature" else int(value) for name, value in given.items()}
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         texts = read_corpus(tmp_path / corpus)
-        adapt(tiny_base, texts, out, **{"method": "ridge", **typed, **({"layers": [typed["layers"]]} if "layers" in typed else {})})
+        adapt(tiny_base, texts, out, **{"method": "ridge", **typed, **{name: [typed[name]] for name in ("layers", "exit_layers") if name in typed}})
 
 
 def test_heads_refuse_another_pooling_and_a_second_adaptation(adapted: Path, sentences: list[str], tmp_path: Path) -> None:
@@ -245,7 +263,7 @@ def _head_tensors(folder: Path) -> dict[str, np.ndarray]:
 def test_each_loss_and_option_changes_the_heads(options: dict, tiny_base: Path, sentences: list[str], tmp_path: Path) -> None:
     """Each against the same adaptation with that one option at its reference value."""
     reference = {"loss": "listwise" if "top_k" in options else "similarity" if "temperature" in options else "cosine", "pseudo_queries": 2}
-    common = {"layers": [2], "method": "mlp", "epochs": 2, "mlp_hidden": 16}
+    common = {"layers": [2], "exit_layers": [], "method": "mlp", "epochs": 2, "mlp_hidden": 16}
     adapt(tiny_base, sentences[:60], tmp_path / "reference", **common, **reference)
     adapt(tiny_base, sentences[:60], tmp_path / "changed", **common, **{**reference, **options})
     before, after = _head_tensors(tmp_path / "reference"), _head_tensors(tmp_path / "changed")
@@ -300,7 +318,7 @@ def test_the_head_kept_is_the_one_that_agrees_best_on_held_out_text() -> None:
 @pytest.fixture(scope="module")
 def per_side(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
     out = tmp_path_factory.mktemp("per-side") / "adapted"
-    report = adapt(tiny_base, sentences[:80], out, layers=[2], method="ridge", sides="per-side", pseudo_queries=PSEUDO_QUERIES)
+    report = adapt(tiny_base, sentences[:80], out, layers=[2], exit_layers=[], method="ridge", sides="per-side", pseudo_queries=PSEUDO_QUERIES)
     assert report.depths[2].query_kind == "ridge" and report.depths[2].chosen == "ridge / ridge"
     return out
 
@@ -347,10 +365,6 @@ def test_shared_heads_keep_format_1(adapted: Path) -> None:
 def test_the_defaults_fit_pseudo_queries_with_the_cosine_loss() -> None:
     """Pseudo-queries lift rankings (sample set, 3 layers: 82% -> 90% of full nDCG@10) within the time target
     (228 s for 10,566 sentences, every depth); the similarity loss costs 2.5x that: opt-in (docs/adapt.md)."""
-    import inspect
-
-    from mm2d_integrations.cli import build_parser
-
     parsed = build_parser().parse_args(["adapt", "--corpus", "c.txt", "--out", "o"])
     assert (parsed.loss, parsed.pseudo_queries) == ("cosine", 2) == ("cosine", PSEUDO_QUERIES)
     defaults = inspect.signature(adapt).parameters
@@ -363,7 +377,7 @@ def test_the_defaults_fit_pseudo_queries_with_the_cosine_loss() -> None:
 @pytest.fixture(scope="module")
 def layered(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, sentences: list[str]) -> Path:
     out = tmp_path_factory.mktemp("layered") / "adapted"
-    report = adapt(tiny_base, sentences[:80], out, layers=[1, 2], method="layer")
+    report = adapt(tiny_base, sentences[:80], out, layers=[1, 2], exit_layers=[1, 2])
     assert {result.kind for result in report.depths.values()} == {"layer"} and sorted(report.depths) == [1, 2]
     return out
 
@@ -419,12 +433,10 @@ def test_exit_layers_in_one_pass_and_across_depths(layered: Path, tiny_base: Pat
         Matryoshka2DEncoder(layered, query_num_layers=3)
 
 
-def test_exit_layers_refuse_backends_that_do_not_run_them(layered: Path, tiny_base: Path, sentences: list[str], tmp_path: Path) -> None:
+def test_exit_layers_refuse_backends_that_do_not_run_them(layered: Path) -> None:
     for options, named in (({"backend": "onnx"}, "'onnx' backend"), ({"compute_precision": "int8"}, "int8 compute precision")):
         with pytest.raises(ValueError, match=f"has exit layers .*which the {named} does not run.*mm2d export"):
             Matryoshka2DEncoder(layered, **options)
-    with pytest.raises(ValueError, match="method='layer' .* use sides='shared'"):
-        adapt(tiny_base, sentences[:20], tmp_path / "x", method="layer", sides="per-side")
 
 
 def test_an_exit_layer_serves(layered: Path) -> None:
@@ -446,8 +458,8 @@ def test_an_exit_layer_is_closer_to_full_depth_than_the_head_alone(
     """Learned on STS train sentences, checked on dev ones: the retrained layer beats the ridge head it starts from."""
     held_out = distinct_sentences(sts_dev)[:100]
     texts = distinct_sentences(sts_train)[:600]
-    adapt(minilm_path, texts, tmp_path / "ridge", layers=[2], method="ridge")
-    adapt(minilm_path, texts, tmp_path / "layer", layers=[2], method="layer", epochs=3)  # 3 x 34 steps: a short run of any length ends whole
+    adapt(minilm_path, texts, tmp_path / "ridge", layers=[2], method="ridge")  # no exit layer: 3 is the default one
+    adapt(minilm_path, texts, tmp_path / "layer", layers=[2], exit_layers=[2], layer_epochs=3)  # 3 x 34 steps: a short run of any length ends whole
     teacher = Matryoshka2DEncoder(minilm_path).encode_documents(held_out)
     cosines = {
         method: float((Matryoshka2DEncoder(tmp_path / method, num_layers=2).encode_documents(held_out) * teacher).sum(1).mean())
@@ -459,10 +471,66 @@ def test_an_exit_layer_is_closer_to_full_depth_than_the_head_alone(
 def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = tmp_path / "sentences.txt"
     corpus.write_text("\n".join(sentences[:40]) + "\n", encoding="utf-8")
-    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--layers", "2", "--method", "layer", "--epochs", "2"]) == 0
+    arguments = ["adapt", "--model", str(tiny_base), "--corpus", str(corpus)]
+    assert main([*arguments, "--out", str(tmp_path / "out"), "--layers", "1", "2", "--exit-layers", "1", "--layer-epochs", "1", "--sides", "per-side"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"\n\s+2  layer\s", printed) and "layer: agreement among the held-out texts only" in printed
-    assert json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())["layers"] == {"2": {"replaces": 2}}
-    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(tmp_path / "o2"), "--method", "layer", "--sides", "per-side"]) == 2
-    assert "method='layer' learns one exit layer and head per depth for queries and documents alike: use sides='shared'" in capsys.readouterr().err
-    assert not (tmp_path / "o2").exists()
+    assert re.search(r"\n\s+1  layer\s", printed) and re.search(r"\n\s+2  \w+ / \w+\s", printed)  # per-side heads beside the exit layer
+    assert "layer: agreement among the held-out texts only" in printed
+    config = json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())
+    assert config["layers"] == {"1": {"replaces": 1}} and config["exit_layers"] == [1] and sorted(config["query_heads"]) == ["2"]
+    assert main([*arguments, "--out", str(tmp_path / "none"), "--exit-layers", "none"]) == 0
+    assert "layers" not in json.loads((tmp_path / "none" / HEADS_CONFIG).read_text())
+    assert main([*arguments, "--out", str(tmp_path / "both"), "--exit-layers", "2", "none"]) == 2
+    assert "--exit-layers takes depths or the word none, not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, as for every malformed argument
+        main([*arguments, "--out", str(tmp_path / "word"), "--exit-layers", "half"])
+    assert exited.value.code == 2 and "argument --exit-layers: not a depth: 'half' (a whole number, or none)" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("both", "word"))
+
+
+def test_by_default_the_middle_depth_gets_an_exit_layer_and_the_others_heads(tiny_base: Path, sentences: list[str], tmp_path: Path) -> None:
+    report = adapt(tiny_base, sentences[:40], tmp_path / "out", layer_epochs=1)  # 4 layers: the middle is 2
+    assert report.depths[2].kind == "layer" and {report.depths[1].kind, report.depths[3].kind} <= {"ridge", "lowrank", "mlp"}
+    config = json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())
+    assert config["layers"] == {"2": {"replaces": 2}} and config["exit_layers"] == [2] and sorted(config["heads"]) == ["1", "2", "3"]
+    assert inspect.signature(adapt).parameters["layer_epochs"].default == LAYER_EPOCHS == 2
+    assert build_parser().parse_args(["adapt", "--corpus", "c", "--out", "o"]).exit_layers is None  # the command line's default is adapt's
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_the_layers_below_an_exit_layer_replayed_give_what_running_them_gives(tiny_base: Path, sentences: list[str], depth: int) -> None:
+    """Kept from the teacher's pass and handed on, the frozen layers' output is theirs: the trained view computes what the model does."""
+    encoder = Matryoshka2DEncoder(tiny_base)
+    loaded = encoder.loaded_model
+    texts = sentences[:30]
+    replay, tight = _Replay(1 << 30), _Replay(100)
+    with _keeping(encoder, {depth: replay, depth - 1 if depth > 2 else depth + 1: tight}) as before_batch:
+        encoder.pooled_layerwise(texts, [1, 4], before_batch=before_batch)
+        encoder.pooled_layerwise(texts[:10], [1, 4], prompt="query: ", before_batch=before_batch)
+    assert replay.states is not None and len(replay.states) == 40 and tight.states is None  # over its budget: nothing kept
+    assert not [hook for layer in loaded.layers for hook in layer._forward_hooks.values() if "_keeping" in hook.__qualname__]  # ours went
+    real, replayed = shallow_view(loaded.model, loaded.stack, depth), shallow_view(loaded.model, loaded.stack, depth, below=replay)
+    with torch.no_grad():
+        for batch, prompt in ((texts[:16], ""), (texts[20:23], ""), (texts[:4], "query: ")):
+            replay.load(encoder.tokenize(batch, prompt))
+            torch.testing.assert_close(encoder.pooled_through(replayed, batch, prompt), encoder.pooled_through(real, batch, prompt), atol=1e-5, rtol=0)
+        replay.load(encoder.tokenize(texts[:2], ""))
+        with pytest.raises(RuntimeError, match="not those of the batch running"):
+            encoder.pooled_through(replayed, texts[:3], "")
+
+
+def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
+    tiny_base: Path, sentences: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = []
+    load = _Replay.load
+    monkeypatch.setattr(_Replay, "load", lambda self, token_ids: (loads.append(len(token_ids)), load(self, token_ids))[1])
+    adapt(tiny_base, sentences[:40], tmp_path / "kept", layers=[3], exit_layers=[3], layer_epochs=1)
+    assert len(loads) == 2 * 3  # texts and pseudo-queries, each of the 3 steps (36 texts, 16 a step)
+    monkeypatch.setattr(adapt_module, "MAX_KEPT_STATES", 0)  # too little room: every step runs the layers below
+    adapt(tiny_base, sentences[:40], tmp_path / "run", layers=[3], exit_layers=[3], layer_epochs=1)
+    assert len(loads) == 6
+    kept, run = load_file(tmp_path / "kept" / HEADS_FILE), load_file(tmp_path / "run" / HEADS_FILE)
+    assert kept.keys() == run.keys()
+    for name in kept:
+        np.testing.assert_allclose(kept[name], run[name], atol=2e-3, err_msg=name)

@@ -64,7 +64,7 @@ def test_onnx_on_other_architectures(tmp_path: Path, minilm_path: Path, architec
 
 def test_onnx_applies_exit_heads(tmp_path: Path, minilm_path: Path, sentences: list[str]) -> None:
     build_tiny_model(tmp_path / "base", "bert", minilm_path, pooling="mean")
-    adapt(tmp_path / "base", sentences[:60], tmp_path / "adapted", layers=[2], method="mlp", epochs=1)
+    adapt(tmp_path / "base", sentences[:60], tmp_path / "adapted", layers=[2], exit_layers=[], method="mlp", epochs=1)
     _assert_same_vectors(
         Matryoshka2DEncoder(tmp_path / "adapted", num_layers=2, backend="onnx").encode_documents(TEXTS),
         Matryoshka2DEncoder(tmp_path / "adapted", num_layers=2).encode_documents(TEXTS),

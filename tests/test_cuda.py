@@ -70,7 +70,7 @@ def test_exit_heads_on_cuda(tmp_path: Path, minilm_path: Path, sentences: list[s
     base, adapted = tmp_path / "base", tmp_path / "adapted"
     base.mkdir()
     build_tiny_model(base, "bert", minilm_path, pooling="mean")
-    adapt(base, sentences[:80], adapted, method="ridge", loss="cosine", epochs=2)
+    adapt(base, sentences[:80], adapted, exit_layers=[], method="ridge", loss="cosine", epochs=2)
     cpu = Matryoshka2DEncoder(adapted, device="cpu", num_layers=2).encode_documents(texts)
     for dtype, floor in (("float32", 0.99999), ("float16", 0.999)):
         gpu = Matryoshka2DEncoder(adapted, device="cuda", dtype=dtype, num_layers=2)

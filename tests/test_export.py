@@ -81,7 +81,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Pa
 @pytest.mark.parametrize("method", ["ridge", "lowrank"])
 def test_an_affine_exit_head_becomes_one_dense_module(method: str, tiny_base: Path, tmp_path: Path, sentences: list[str]) -> None:
     adapted = tmp_path / "adapted"
-    adapt(tiny_base, sentences[:60], adapted, layers=[2], method=method, loss="cosine", pseudo_queries=0, epochs=1)
+    adapt(tiny_base, sentences[:60], adapted, layers=[2], exit_layers=[], method=method, loss="cosine", pseudo_queries=0, epochs=1)
     out = export_model(adapted, tmp_path / "export", num_layers=2)
     modules = [module["type"].rsplit(".", 1)[-1] for module in json.loads((out / "modules.json").read_text())]
     assert modules == ["Transformer", "Pooling", "Dense", "Normalize"]
@@ -94,7 +94,7 @@ def test_an_affine_exit_head_becomes_one_dense_module(method: str, tiny_base: Pa
 
 def test_an_exit_layer_exports_as_the_last_layer_in_both_formats(tiny_base: Path, tmp_path: Path, sentences: list[str]) -> None:
     adapted = tmp_path / "adapted"
-    adapt(tiny_base, sentences[:60], adapted, layers=[2], method="layer")
+    adapt(tiny_base, sentences[:60], adapted, layers=[2], exit_layers=[2])
     ours = Matryoshka2DEncoder(adapted, num_layers=2)
     expected = ours.encode_documents(TEXTS)
     out = export_model(adapted, tmp_path / "export", num_layers=2)

@@ -37,7 +37,7 @@ def adapted(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path
     base = tmp_path_factory.mktemp("tiny")
     build_tiny_model(base, "bert", minilm_path, pooling="mean")
     out = tmp_path_factory.mktemp("adapted") / "tiny"
-    adapt(base, SENTENCES, out, layers=[1, 2], method="ridge")
+    adapt(base, SENTENCES, out, layers=[1, 2], exit_layers=[], method="ridge")
     return out
 
 

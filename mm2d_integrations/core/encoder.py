@@ -155,7 +155,7 @@ class Matryoshka2DEncoder:
         self.backend = resolve_backend(given.backend, self.device, self.dtype)
         if self._loaded.exit_heads.layers and (self.backend != "torch" or self.compute_precision == "int8"):
             raise ValueError(
-                f"model {self._loaded.source.name!r} has exit layers (mm2d adapt --method layer), which the "
+                f"model {self._loaded.source.name!r} has exit layers (mm2d adapt --exit-layers), which the "
                 f"{'int8 compute precision' if self.backend == 'torch' else repr(self.backend) + ' backend'} does not run: "
                 "use backend='torch' without int8, or export one depth (mm2d export, sentence-transformers or onnx format)"
             )
@@ -361,10 +361,12 @@ class Matryoshka2DEncoder:
         return vectors
 
     def pooled_layerwise(
-        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", side: str = "document", show_progress: bool | None = None
+        self, texts: Sequence[str], num_layers: Iterable[int], *, prompt: str = "", side: str = "document", show_progress: bool | None = None,
+        before_batch: Callable[[list[list[int]]], None] | None = None,
     ) -> dict[int, np.ndarray]:
         """`encode_layerwise` before any Dense module and normalisation: the pooled states (after the exit
-        head of `side`, "document" or "query"), {num_layers: (n, hidden size) array}, that `mm2d adapt` fits its heads on."""
+        head of `side`, "document" or "query"), {num_layers: (n, hidden size) array}, that `mm2d adapt` fits its heads on.
+        `before_batch` is told each batch's token ids before it runs (adapt keeps layer outputs from this pass)."""
         show_progress = self.show_progress if show_progress is None else show_progress
         checked, prompt = check_texts(texts), check_text("prompt", prompt)
         loaded = self._loaded.num_layers
@@ -376,7 +378,10 @@ class Matryoshka2DEncoder:
         skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
         batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
-            pooled = self._forward([token_ids[index] for index in batch], wanted, skipped, side)
+            batch_ids = [token_ids[index] for index in batch]
+            if before_batch is not None:
+                before_batch(batch_ids)
+            pooled = self._forward(batch_ids, wanted, skipped, side)
             for kept, vectors in pooled.items():
                 results[kept][batch] = vectors
         return results
@@ -459,11 +464,16 @@ class Matryoshka2DEncoder:
             pooled[kept] = vectors.cpu().numpy()
         return pooled
 
+    def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
+        """The token ids of each `prompt + text` as a pass feeds them to the model (special tokens added,
+        truncated to max_length)."""
+        return self._token_ids([prompt + text for text in texts])
+
     def pooled_through(self, model: torch.nn.Module, texts: Sequence[str], prompt: str = "") -> torch.Tensor:
         """Pooled states of `texts` (one batch, `prompt` before each) from `model`, a view of this encoder's
         transformer (`loaded_model.cut`, or one with a layer being trained), with autograd on: what
-        `mm2d adapt --method layer` trains an exit layer through."""
-        token_ids = self._token_ids([prompt + text for text in texts])
+        `mm2d adapt` trains an exit layer through."""
+        token_ids = self.tokenize(texts, prompt)
         skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
         input_ids, attention_mask = self._pad(token_ids)
         hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -117,10 +117,13 @@ def cut_config(config: Any, stack: LayerStack, depth: int) -> None:
         config.layer_types = config.layer_types[:depth]
 
 
-def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int, last_layer: torch.nn.Module | None = None) -> PreTrainedModel:
+def shallow_view(
+    model: PreTrainedModel, stack: LayerStack, depth: int, last_layer: torch.nn.Module | None = None, below: torch.nn.Module | None = None
+) -> PreTrainedModel:
     """`model` running only its first `depth` layers: shallow copies of the modules on the way to the
     layer list, which holds the first `depth` layer modules themselves, so that no weight is copied
-    (the last one replaced by `last_layer`, an exit layer, when given).
+    (the last one replaced by `last_layer`, an exit layer, when given; every one before it by `below`,
+    when given: a module that hands on their output, kept from an earlier pass, while an exit layer trains).
 
     For passes that read the last hidden state only: asked for hidden states, transformers would hook
     the shared layers a second time.
@@ -139,6 +142,8 @@ def shallow_view(model: PreTrainedModel, stack: LayerStack, depth: int, last_lay
     kept = list(layer_list(model, stack))[:depth]
     if last_layer is not None:
         kept[-1] = last_layer
+    if below is not None:
+        kept[:-1] = [below] * (depth - 1)
     parent._modules[stack.layers_path[-1]] = torch.nn.ModuleList(kept)
     return view
 
