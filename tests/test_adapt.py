@@ -4,6 +4,7 @@ import inspect
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ from mm2d_integrations.training import adapt as adapt_module
 from mm2d_integrations.training.adapt import (
     LAYER_EPOCHS,
     PSEUDO_QUERIES,
+    DepthResult,
     Rows,
     Training,
     _keeping,
+    _layer_or_head,
     _Replay,
     adapt,
     agreement,
@@ -475,7 +478,7 @@ def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_
     assert main([*arguments, "--out", str(tmp_path / "out"), "--layers", "1", "2", "--exit-layers", "1", "--layer-epochs", "1", "--sides", "per-side"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"\n\s+1  layer\s", printed) and re.search(r"\n\s+2  \w+ / \w+\s", printed)  # per-side heads beside the exit layer
-    assert "layer: agreement among the held-out texts only" in printed
+    assert "where an exit layer was tried (layer), it and the best head rank the held-out texts and up to 1,000 documents" in printed
     config = json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())
     assert config["layers"] == {"1": {"replaces": 1}} and config["exit_layers"] == [1] and sorted(config["query_heads"]) == ["2"]
     assert main([*arguments, "--out", str(tmp_path / "none"), "--exit-layers", "none"]) == 0
@@ -488,11 +491,19 @@ def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_
     assert not any((tmp_path / name).exists() for name in ("both", "word"))
 
 
-def test_by_default_the_middle_depth_gets_an_exit_layer_and_the_others_heads(tiny_base: Path, sentences: list[str], tmp_path: Path) -> None:
+def test_by_default_an_exit_layer_is_tried_at_the_middle_depth_and_kept_where_it_ranks_better(
+    tiny_base: Path, sentences: list[str], tmp_path: Path
+) -> None:
     report = adapt(tiny_base, sentences[:40], tmp_path / "out", layer_epochs=1)  # 4 layers: the middle is 2
-    assert report.depths[2].kind == "layer" and {report.depths[1].kind, report.depths[3].kind} <= {"ridge", "lowrank", "mlp"}
+    middle = report.depths[2]
+    assert "layer" in middle.tried and len(middle.tried) == len(middle.agreements) == 2  # the layer and the best head, on the same documents
+    rival = next(name for name in middle.tried if name != "layer")
+    layer_won = (middle.agreements["layer"], middle.tried["layer"]) > (middle.agreements[rival], middle.tried[rival])
+    assert middle.kind == ("layer" if layer_won else rival)
+    assert all("layer" not in report.depths[depth].tried for depth in (1, 3))
     config = json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())
-    assert config["layers"] == {"2": {"replaces": 2}} and config["exit_layers"] == [2] and sorted(config["heads"]) == ["1", "2", "3"]
+    assert config.get("layers", {}) == ({"2": {"replaces": 2}} if layer_won else {}) and config["exit_layers"] == [2]
+    assert sorted(config["heads"]) == ["1", "2", "3"]
     assert inspect.signature(adapt).parameters["layer_epochs"].default == LAYER_EPOCHS == 2
     assert build_parser().parse_args(["adapt", "--corpus", "c", "--out", "o"]).exit_layers is None  # the command line's default is adapt's
 
@@ -534,3 +545,22 @@ def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
     assert kept.keys() == run.keys()
     for name in kept:
         np.testing.assert_allclose(kept[name], run[name], atol=2e-3, err_msg=name)
+
+
+def test_the_exit_layer_or_the_head_whichever_keeps_the_teachers_rankings() -> None:
+    """Compared on the same documents: the one whose held-out queries find the teacher's top 10 is kept;
+    an exit layer asked for by depth is kept either way."""
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.nn.functional.normalize(torch.randn(60, 16, generator=generator), dim=1)
+    queries = torch.nn.functional.normalize(targets[:30] + 0.1 * torch.randn(30, 16, generator=generator), dim=1)
+    held = torch.zeros(60, dtype=torch.bool)
+    held[:30] = True
+    exact = Rows(targets, targets, queries, queries, torch.arange(30), held)  # pooled states that are the teacher's vectors
+    noise = replace(exact, documents=torch.randn(60, 16, generator=generator), queries=torch.randn(30, 16, generator=generator))
+    identity = torch.nn.Identity()
+    head = DepthResult("mlp", 0.1, {"ridge": 0.2, "mlp": 0.3}, agreements={"ridge": 0.4, "mlp": 0.5})
+    won = _layer_or_head(noise, exact, identity, identity, identity, head)
+    assert won.kind == "layer" and won.agreements["layer"] == 1.0 > won.agreements["mlp"] and set(won.tried) == {"layer", "mlp"}
+    lost = _layer_or_head(exact, noise, identity, identity, identity, head)
+    assert lost.kind == "mlp" and lost.agreement == 1.0 > lost.agreements["layer"] and lost.cosine == 0.3
+    assert _layer_or_head(exact, noise, identity, identity, identity, head, choose=False).kind == "layer"

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,7 +38,7 @@ from mm2d_integrations.retrieval.documents import file_kind, load_folder, split_
 
 __all__ = [
     "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",
-    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "LAYER_BATCH", "LAYER_EPOCHS", "LAYER_LEARNING_RATE", "MAX_KEPT_STATES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
+    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_RANKED_DOCUMENTS", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "LAYER_BATCH", "LAYER_EPOCHS", "LAYER_LEARNING_RATE", "MAX_KEPT_STATES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
     "Rows", "Training", "adapt", "agreement", "cut_pseudo_queries", "fit_exit_layer", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
 ]
 
@@ -65,6 +65,7 @@ LAYER_BATCH = (16, 96)  # texts and pseudo-queries a step
 MAX_KEPT_STATES = 4 << 30  # bytes of token states below an exit layer kept for its training (float32); past it every step runs the frozen layers
 AGREEMENT_K = 10  # held-out agreement: the share of the teacher's top 10 documents that a head's top 10 keeps
 MAX_AGREEMENT_QUERIES = 1_000
+MAX_RANKED_DOCUMENTS = 1_000  # at a depth with an exit layer: the held-out queries rank the held-out texts and fitting ones up to this many
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,26 @@ class Rows:
 
     def side(self, fitting: bool) -> Rows:
         """The fitting (or held-out) documents and the queries cut from them."""
-        keep, kept_queries = ~self.held if fitting else self.held, (~self.held if fitting else self.held)[self.query_sources]
+        part = self.subset(~self.held if fitting else self.held)
+        return replace(part, held=torch.zeros_like(part.held))
+
+    def subset(self, keep: torch.Tensor) -> Rows:
+        """The documents `keep` marks, the queries cut from them, and which of them are held out."""
+        kept_queries = keep[self.query_sources]
         renumber = torch.cumsum(keep.long(), 0) - 1
         return Rows(
             self.documents[keep], self.document_targets[keep], self.queries[kept_queries], self.query_targets[kept_queries],
-            renumber[self.query_sources[kept_queries]], torch.zeros(int(keep.sum()), dtype=torch.bool),
+            renumber[self.query_sources[kept_queries]], self.held[keep],
         )
+
+    def ranked(self, seed: int) -> torch.Tensor:
+        """What an exit layer and a head are compared on: the held-out documents, and fitting ones drawn
+        at random up to `MAX_RANKED_DOCUMENTS` in all (running the whole corpus through the layer would cost another pass)."""
+        fitting = torch.nonzero(~self.held).flatten()
+        room = max(0, MAX_RANKED_DOCUMENTS - int(self.held.sum()))
+        keep = self.held.clone()
+        keep[fitting[torch.randperm(len(fitting), generator=torch.Generator().manual_seed(seed))[:room]]] = True
+        return keep
 
     def ranking_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What ranks documents: the queries, or the documents themselves where there is no query."""
@@ -219,7 +234,8 @@ def adapt(
     show_progress: bool = False,
 ) -> AdaptReport:
     """Adapt `layers` (default every depth below full) and write a complete model folder to `out`: an exit
-    layer at each of `exit_layers` (default the middle depth, full // 2; empty: none), a head elsewhere.
+    layer at each of `exit_layers`, a head elsewhere. By default an exit layer is tried at the middle
+    depth (full // 2) and kept where it ranks the held-out texts better than the head; empty: none.
 
     An exit layer (a retrained copy of the depth's last layer run instead of it, plus a linear head,
     trained `layer_epochs` epochs to the teacher's vectors and rankings of the texts and pseudo-queries)
@@ -251,6 +267,7 @@ def adapt(
     depths = list(range(1, full)) if layers is None else sorted({check_int_in_range("layers", depth, 1, full - 1) for depth in layers})
     if not depths:
         raise ValueError(f"layers must name at least one depth in [1, {full - 1}]")
+    tried_only = exit_layers is None  # the default is tried, and kept where it ranks better; depths asked for are kept
     if exit_layers is None:
         exit_layers = [full // 2] if full // 2 in depths else []
     layered = sorted({check_int_in_range("exit_layers", depth, 1, full - 1) for depth in exit_layers})
@@ -271,12 +288,15 @@ def adapt(
     heads, query_heads, trained_layers = {}, {}, {}
     asked = _query_side(teacher, texts, queries, sources)[0]
     for depth in depths:
-        if depth in layered:
-            trained_layers[depth], heads[depth], report.depths[depth] = fit_exit_layer(
-                teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None)
-            )
-            continue
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
+        if depth in layered:
+            ranked = rows[depth].ranked(seed)
+            layer, layer_head, through = fit_exit_layer(teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked)
+            report.depths[depth] = _layer_or_head(
+                rows[depth].subset(ranked), through, layer_head, query_head or heads[depth], heads[depth], report.depths[depth], tried_only
+            )
+            if report.depths[depth].kind == "layer":
+                trained_layers[depth], heads[depth], query_head = layer, layer_head, None
         if query_head is not None:
             query_heads[depth] = query_head
     choices = {
@@ -336,13 +356,10 @@ def _query_side(teacher: Matryoshka2DEncoder, texts: list[str], queries: list[st
     return [*texts, *queries], [*range(len(texts)), *sources]
 
 
-def _texts_of(rows: Rows, texts: list[str], asked: list[str], held_out: bool) -> tuple[list[str], list[str]]:
-    """The documents and query-side texts of `rows.side(fitting=not held_out)`, in its order."""
-    held = rows.held.tolist()
-    return (
-        [text for text, flag in zip(texts, held) if flag == held_out],
-        [text for text, source in zip(asked, rows.query_sources.tolist()) if held[source] == held_out],
-    )
+def _texts_of(rows: Rows, texts: list[str], asked: list[str], keep: torch.Tensor) -> tuple[list[str], list[str]]:
+    """The documents and query-side texts of `rows.subset(keep)`, in its order."""
+    kept = keep.tolist()
+    return [text for text, flag in zip(texts, kept) if flag], [text for text, source in zip(asked, rows.query_sources.tolist()) if kept[source]]
 
 
 @dataclass(frozen=True)
@@ -551,15 +568,16 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
 
 def fit_exit_layer(
     teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], asked: list[str], training: Training, epochs: int = LAYER_EPOCHS,
-    replay: _Replay | None = None,
-) -> tuple[torch.nn.Module, ExitHead, DepthResult]:
+    replay: _Replay | None = None, ranked: torch.Tensor | None = None,
+) -> tuple[torch.nn.Module, ExitHead, Rows]:
     """A retrained copy of layer `depth` and a linear head after pooling, trained together (the base layers
     below stay frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
     `RANKING_WEIGHT` times the KL divergence from the teacher's softmax over documents to the student's
     for each pseudo-query, twice: over every document at full depth (cross depth) and over the batch's
     documents through the layer (same depth). Starts at the base layer and the ridge head; `epochs`
     epochs, Adam (the layer at `LAYER_LEARNING_RATE`, the head at `LEARNING_RATE`), one-cycle. The layers
-    below run once, in the teacher's pass, not once a step, where `replay` kept their output within its budget."""
+    below run once, in the teacher's pass, not once a step, where `replay` kept their output within its budget.
+    Also returns the documents `ranked` marks (default: the held-out ones) and their queries pooled through the layer."""
     fitting, held = rows.side(fitting=True), rows.side(fitting=False)
     head = fit_ridge(*fitting.pointwise("shared"), *held.pointwise("shared"))
     loaded = teacher.loaded_model
@@ -567,7 +585,7 @@ def fit_exit_layer(
     layer = copy.deepcopy(loaded.layers[depth - 1]).requires_grad_(True)
     head.requires_grad_(True)
     view = shallow_view(loaded.model, loaded.stack, depth, layer)
-    documents, fitting_queries = _texts_of(rows, texts, asked, held_out=False)
+    documents, fitting_queries = _texts_of(rows, texts, asked, ~rows.held)
     replay = replay if replay is not None and replay.states is not None else None
     trained = view if replay is None else shallow_view(loaded.model, loaded.stack, depth, layer, below=replay)
     # bfloat16 products where the device runs them natively (about 1.5 times faster on a recent cpu); float32 elsewhere
@@ -609,7 +627,7 @@ def fit_exit_layer(
         schedule.step()
     layer.requires_grad_(False)
     head.eval().requires_grad_(False)
-    return layer, head, _held_out_result(teacher, view, head, rows, texts, asked)
+    return layer, head, _pooled_through(teacher, view, rows, texts, asked, rows.held if ranked is None else ranked)
 
 
 class _Replay(torch.nn.Module):
@@ -669,13 +687,9 @@ def _keeping(teacher: Matryoshka2DEncoder, replays: dict[int, _Replay]) -> Itera
 
 
 @torch.no_grad()
-def _held_out_result(
-    teacher: Matryoshka2DEncoder, view: torch.nn.Module, head: ExitHead, rows: Rows, texts: list[str], asked: list[str]
-) -> DepthResult:
-    """The exit layer's held-out cosine and agreement (among the held-out documents: re-embedding the
-    whole corpus through it would cost another pass), beside the plain cut's on the same texts."""
-    held = rows.side(fitting=False)
-    documents, held_queries = _texts_of(rows, texts, asked, held_out=True)
+def _pooled_through(teacher: Matryoshka2DEncoder, view: torch.nn.Module, rows: Rows, texts: list[str], asked: list[str], keep: torch.Tensor) -> Rows:
+    """`rows.subset(keep)` with its documents and queries pooled through `view` (an exit layer's depth) instead."""
+    documents, queries = _texts_of(rows, texts, asked, keep)
     batch = 64
 
     def pooled(batch_texts: list[str], prompt: str) -> torch.Tensor:
@@ -683,16 +697,24 @@ def _held_out_result(
             return torch.empty(0, rows.documents.shape[1])
         return torch.cat([teacher.pooled_through(view, batch_texts[i : i + batch], prompt) for i in range(0, len(batch_texts), batch)])
 
-    through = Rows(
-        pooled(documents, teacher.document_prompt), held.document_targets, pooled(held_queries, teacher.query_prompt), held.query_targets,
-        held.query_sources, torch.ones(len(documents), dtype=torch.bool),
-    )
-    plain = Rows(held.documents, held.document_targets, held.queries, held.query_targets, held.query_sources, through.held)
+    return replace(rows.subset(keep), documents=pooled(documents, teacher.document_prompt), queries=pooled(queries, teacher.query_prompt))
+
+
+def _layer_or_head(
+    plain: Rows, through: Rows, layer_head: ExitHead, query_head: ExitHead, document_head: ExitHead, head: DepthResult, choose: bool = True
+) -> DepthResult:
+    """The exit layer against the depth's best head, on the same documents (`plain`: as the head sees
+    them, `through`: through the layer): agreement with the teacher's rankings of the held-out queries,
+    then held-out cosine. The layer is kept where it ranks better (on a few hundred texts it may not),
+    or always when not `choose`."""
+    held, held_through = plain.side(fitting=False), through.side(fitting=False)
     identity = torch.nn.Identity()
-    return DepthResult(
-        "layer", mean_cosine(identity, held.documents, held.document_targets), {"layer": mean_cosine(head, through.documents, held.document_targets)},
-        agreements={"layer": agreement(through, head, head)}, raw_agreement=agreement(plain, identity, identity),
-    )
+    tried = {"layer": mean_cosine(layer_head, held_through.documents, held.document_targets), head.chosen: head.cosine}
+    agreements = {"layer": agreement(through, layer_head, layer_head), head.chosen: agreement(plain, query_head, document_head)}
+    raw = agreement(plain, identity, identity)
+    if not choose or (agreements["layer"], tried["layer"]) > (agreements[head.chosen], tried[head.chosen]):
+        return DepthResult("layer", head.raw_cosine, tried, agreements=agreements, raw_agreement=raw)
+    return replace(head, tried=tried, agreements=agreements, raw_agreement=raw)
 
 
 def _write_folder(
