@@ -1,6 +1,6 @@
 """How long `adapt` takes on the sample documents, as langchain_rag.ipynb calls it: the packaged
 all-MiniLM-L6-v2, the 126 chunks `mm2d index` makes of the sample documents, the default settings
-(every depth below full; ridge, low-rank and MLP heads tried at each). Beside it, in the same run,
+(every depth below full; ridge, low-rank and MLP heads tried at each, an exit layer too at the middle depth). Beside it, in the same run,
 one full-depth encoding of the same chunks (what indexing them costs), as the baseline of a ratio.
 
 Each is timed --repeats times (default 3), alternated; best wall-clock and best CPU seconds of this

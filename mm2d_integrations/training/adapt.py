@@ -1,4 +1,4 @@
-"""Make an ordinary embedding model truncatable in depth, without labels: learn exit heads.
+"""Make an ordinary embedding model truncatable in depth, without labels: learn exit heads (and exit layers).
 
 The full-depth model is the frozen teacher. One forward pass over unlabeled text gives the pooled
 state of every depth; for each shallow depth a small head is fitted to map it onto the teacher's
@@ -239,9 +239,9 @@ def adapt(
 
     An exit layer (a retrained copy of the depth's last layer run instead of it, plus a linear head,
     trained `layer_epochs` epochs to the teacher's vectors and rankings of the texts and pseudo-queries)
-    keeps rankings far better than a head: on SciFact, MiniLM at 3 of 6 layers keeps 86-89% of its
-    nDCG@10 against 74% with a head, and adapting the 5,183 abstracts takes about 12 minutes on 2 cores
-    against 5 for heads alone (docs/adapt.md). Elsewhere `method` picks the head kind, `loss` what the
+    keeps rankings far better than a head where there is text enough: on SciFact, MiniLM at 3 of 6 layers
+    keeps 89% of its nDCG@10 against 74% with a head, and adapting the 5,183 abstracts at every depth
+    takes 14.3 minutes on 2 cores against 5 for heads alone (docs/adapt.md). Elsewhere `method` picks the head kind, `loss` what the
     trained kinds learn (cosine to the teacher, plus the teacher's in-batch similarities or its listwise
     ranking of its `top_k` nearest documents, at `temperature`), `sides` whether queries get a head of
     their own (an exit layer serves both), `pseudo_queries` how many are cut from each text; "auto"
@@ -267,7 +267,7 @@ def adapt(
     depths = list(range(1, full)) if layers is None else sorted({check_int_in_range("layers", depth, 1, full - 1) for depth in layers})
     if not depths:
         raise ValueError(f"layers must name at least one depth in [1, {full - 1}]")
-    tried_only = exit_layers is None  # the default is tried, and kept where it ranks better; depths asked for are kept
+    choose = exit_layers is None  # the default exit layer is tried, and kept where it ranks better; one asked for is kept
     if exit_layers is None:
         exit_layers = [full // 2] if full // 2 in depths else []
     layered = sorted({check_int_in_range("exit_layers", depth, 1, full - 1) for depth in exit_layers})
@@ -293,7 +293,7 @@ def adapt(
             ranked = rows[depth].ranked(seed)
             layer, layer_head, through = fit_exit_layer(teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked)
             report.depths[depth] = _layer_or_head(
-                rows[depth].subset(ranked), through, layer_head, query_head or heads[depth], heads[depth], report.depths[depth], tried_only
+                rows[depth].subset(ranked), through, layer_head, query_head or heads[depth], heads[depth], report.depths[depth], choose
             )
             if report.depths[depth].kind == "layer":
                 trained_layers[depth], heads[depth], query_head = layer, layer_head, None
