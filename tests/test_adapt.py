@@ -475,8 +475,9 @@ def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_
     corpus = tmp_path / "sentences.txt"
     corpus.write_text("\n".join(sentences[:40]) + "\n", encoding="utf-8")
     arguments = ["adapt", "--model", str(tiny_base), "--corpus", str(corpus)]
-    assert main([*arguments, "--out", str(tmp_path / "out"), "--layers", "1", "2", "--exit-layers", "1", "--layer-epochs", "1", "--sides", "per-side"]) == 0
-    printed = capsys.readouterr().out
+    assert main([*arguments, "--out", str(tmp_path / "out"), "--layers", "1", "2", "--exit-layers", "1", "--layer-epochs", "1", "--sides", "per-side", "--verbose"]) == 0
+    printed, shown = capsys.readouterr()
+    assert re.search(r"exit layer 1: 100%.* 3/3 ", shown)  # its training steps, not minutes of silence
     assert re.search(r"\n\s+1  layer\s", printed) and re.search(r"\n\s+2  \w+ / \w+\s", printed)  # per-side heads beside the exit layer
     assert "where an exit layer was tried (layer), it and the best head rank the held-out texts and up to 1,000 documents" in printed
     config = json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())

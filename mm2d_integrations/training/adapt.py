@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
@@ -235,7 +236,7 @@ def adapt(
 ) -> AdaptReport:
     """Adapt `layers` (default every depth below full) and write a complete model folder to `out`: an exit
     layer at each of `exit_layers`, a head elsewhere. By default an exit layer is tried at the middle
-    depth (full // 2) and kept where it ranks the held-out texts better than the head; empty: none.
+    depth (full // 2, when among `layers`) and kept where it ranks the held-out texts better than the head; empty: none.
 
     An exit layer (a retrained copy of the depth's last layer run instead of it, plus a linear head,
     trained `layer_epochs` epochs to the teacher's vectors and rankings of the texts and pseudo-queries)
@@ -291,7 +292,9 @@ def adapt(
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
         if depth in layered:
             ranked = rows[depth].ranked(seed)
-            layer, layer_head, through = fit_exit_layer(teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked)
+            layer, layer_head, through = fit_exit_layer(
+                teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked, show_progress
+            )
             report.depths[depth] = _layer_or_head(
                 rows[depth].subset(ranked), through, layer_head, query_head or heads[depth], heads[depth], report.depths[depth], choose
             )
@@ -568,7 +571,7 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
 
 def fit_exit_layer(
     teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], asked: list[str], training: Training, epochs: int = LAYER_EPOCHS,
-    replay: _Replay | None = None, ranked: torch.Tensor | None = None,
+    replay: _Replay | None = None, ranked: torch.Tensor | None = None, show_progress: bool = False,
 ) -> tuple[torch.nn.Module, ExitHead, Rows]:
     """A retrained copy of layer `depth` and a linear head after pooling, trained together (the base layers
     below stay frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
@@ -610,7 +613,7 @@ def fit_exit_layer(
         student_scores = torch.log_softmax(student @ documents.T / training.temperature, 1)
         return RANKING_WEIGHT * torch.nn.functional.kl_div(student_scores, teacher_scores, log_target=True, reduction="batchmean")
 
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=f"exit layer {depth}", unit="step", disable=not show_progress):  # minutes on a large corpus
         picked = order[step * text_batch : (step + 1) * text_batch]
         batch_documents, batch_targets = vectors([documents[i] for i in picked.tolist()], teacher.document_prompt), fitting.document_targets[picked]
         value = 1 - (batch_documents * batch_targets).sum(1).mean()
