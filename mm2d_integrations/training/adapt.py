@@ -282,7 +282,8 @@ def adapt(
     report.pseudo_queries = len(queries)
 
     clock = time.perf_counter()
-    replays = {depth: _Replay(MAX_KEPT_STATES // len(layered)) for depth in layered if depth > 1}  # filled by the teacher's pass
+    below = [depth for depth in layered if depth > 1]  # depth 1 has no layer below it to keep
+    replays = {depth: _Replay(MAX_KEPT_STATES // len(below)) for depth in below}  # filled by the teacher's pass
     rows = _pooled_rows(teacher, texts, queries, sources, depths, report.held_out, seed, show_progress, replays)
     report.encode_seconds = time.perf_counter() - clock
     training = Training(method, _losses(loss), hidden, epochs, seed, temperature, top_k)
