@@ -4,13 +4,17 @@ Adapts all-MiniLM-L6-v2 on the 5,183 abstracts of BEIR SciFact (documents only: 
 seen in training), then scores the 505 train claims at each depth, same-depth (queries and documents
 cut alike) and cross-depth (queries shallow, documents at full depth), and STS Benchmark dev at each
 depth, for: the plain cut, `mm2d adapt` as it comes (an exit layer at the middle depth, heads elsewhere),
-heads alone (`--exit-layers none`) and an exit layer at every depth scored (`--exit-layers` all of them).
+heads alone (`--exit-layers none`), an exit layer at every depth scored (`--exit-layers` all of them), and
+a 2D fine-tune of the whole backbone (`finetune`: sentence-transformers' trainer and its Matryoshka2dLoss
+over a cosine distillation from the frozen original; needs `pip install datasets`), scored as a plain
+cut of the fine-tuned model, with how far its full-depth vectors moved from the original's.
 Prints one row per method and depth with the share of full depth, and the adaptation's wall time.
 
 Data: $MM2D_SCIFACT_DIR (default ../shared/data/scifact-train: corpus.jsonl, queries.jsonl,
 qrels/train.tsv) and $MM2D_STSB_DIR/sts-dev.csv (default ../shared/data/stsb). Never copied here.
 
-Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain default heads layer] [--layers 1 3] [--layer-epochs N] [--json OUT]
+Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain default heads layer finetune] [--layers 1 3] [--layer-epochs N]
+       [--finetune-epochs N] [--finetune-lr LR] [--finetune-weights FULL SHALLOWER] [--json OUT]
 """
 
 from __future__ import annotations
@@ -22,17 +26,69 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.runtime import bf16_supported
 from mm2d_integrations.evaluation.cross_depth import evaluate_depths
 from mm2d_integrations.evaluation.datasets import read_beir, read_sts
 from mm2d_integrations.evaluation.grid import evaluate_sts
-from mm2d_integrations.training.adapt import LAYER_EPOCHS, adapt, read_corpus
+from mm2d_integrations.training.adapt import LAYER_EPOCHS, PSEUDO_QUERIES, adapt, cut_pseudo_queries, read_corpus
 
 SCIFACT = Path(os.environ.get("MM2D_SCIFACT_DIR", "../shared/data/scifact-train"))
 STSB = Path(os.environ.get("MM2D_STSB_DIR", "../shared/data/stsb"))
 # method -> adapt's exit_layers: none adapted (plain), adapt's default, none (heads), every depth (layer: --layers)
 EXIT_LAYERS: dict[str, list[int] | None] = {"plain": [], "default": None, "heads": [], "layer": None}
+METHODS = [*EXIT_LAYERS, "finetune"]
+FINETUNE_BATCH = 32
+LAST_LAYER_WEIGHT = 4.0  # of full depth's distillation term, against drifting from the original (a pilot, 600 abstracts, 1 epoch at 1e-4: still 0.989 mean cosine)
+PRIOR_LAYERS_WEIGHT = 1.0  # of the mean of the shallower depths' terms
+COSINE_SAMPLE = 1_000  # abstracts whose full-depth vectors are compared with the original's
+
+
+def _beyond_embeddings(layer_index: int) -> float:
+    """AdaptiveLayerLoss's weight of a prior layer's loss: none for index 0, the embedding layer's output."""
+    return float(layer_index > 0)
+
+
+def finetune_2d(
+    base: str, texts: list[str], out: Path, epochs: float, learning_rate: float, last_layer_weight: float = LAST_LAYER_WEIGHT,
+    prior_layers_weight: float = PRIOR_LAYERS_WEIGHT, seed: int = 0,
+) -> Path:
+    """The whole backbone fine-tuned with sentence-transformers' trainer: Matryoshka2dLoss (every layer
+    and the widths 384/256/128/64 each step) over a cosine distillation to the frozen original's
+    full-depth vectors of the texts and of pseudo-queries cut from them (batches of one kind each, so that
+    short queries are not padded to an abstract's length)."""
+    from datasets import Dataset  # type: ignore[import-untyped]
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+
+    teacher = Matryoshka2DEncoder(base)
+    queries, _ = cut_pseudo_queries(texts, PSEUDO_QUERIES, seed)
+    train = {
+        "documents": Dataset.from_dict({"text": texts, "label": teacher.encode_documents(texts).tolist()}),
+        "queries": Dataset.from_dict({"text": queries, "label": teacher.encode_queries(queries).tolist()}),
+    }
+    model = SentenceTransformer(base, device="cpu")
+    width = teacher.max_dimensions
+    loss = losses.Matryoshka2dLoss(
+        model, losses.EmbedDistillLoss(model, distance_metric="cosine"), matryoshka_dims=[d for d in (width, 256, 128, 64) if d <= width],
+        n_layers_per_step=-1, n_dims_per_step=-1, last_layer_weight=last_layer_weight, prior_layers_weight=prior_layers_weight, layer_weighting=_beyond_embeddings,
+    )
+    arguments = SentenceTransformerTrainingArguments(
+        output_dir=str(out.parent / f"{out.name}-trainer"), num_train_epochs=epochs, per_device_train_batch_size=FINETUNE_BATCH,
+        learning_rate=learning_rate, warmup_steps=0.1, bf16=bf16_supported(teacher.device), use_cpu=True, save_strategy="no",
+        report_to="none", logging_steps=50, seed=seed,
+    )
+    SentenceTransformerTrainer(model=model, args=arguments, train_dataset=train, loss=loss).train()
+    model.save(str(out))
+    return out
+
+
+def full_depth_cosines(base: str, model: str, texts: list[str]) -> np.ndarray:
+    """Cosine of each text's full-depth vector through `model` to the base model's (both unit length)."""
+    return (Matryoshka2DEncoder(base).encode_documents(texts) * Matryoshka2DEncoder(model).encode_documents(texts)).sum(1)
 
 
 def train_split(folder: Path, scratch: Path) -> Path:
@@ -47,13 +103,17 @@ def train_split(folder: Path, scratch: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["plain", "default", "heads"], choices=list(EXIT_LAYERS))
+    parser.add_argument("--methods", nargs="+", default=["plain", "default", "heads"], choices=METHODS)
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths to adapt and score (default every one)")
     parser.add_argument("--layer-epochs", type=int, default=LAYER_EPOCHS, help=f"of the exit layers (default {LAYER_EPOCHS})")
+    parser.add_argument("--finetune-epochs", type=float, default=1.0)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--finetune-weights", type=float, nargs=2, default=[LAST_LAYER_WEIGHT, PRIOR_LAYERS_WEIGHT], metavar=("FULL", "SHALLOWER"),
+                        help="Matryoshka2dLoss's last_layer_weight and prior_layers_weight")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     base = default_model()
-    full = Matryoshka2DEncoder(base).max_layers
+    full_depth = Matryoshka2DEncoder(base).max_layers
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         dataset = read_beir(train_split(SCIFACT, scratch))
@@ -62,10 +122,17 @@ def main() -> None:
         print(f"scifact-train: {len(dataset.documents)} abstracts, {len(dataset.queries)} claims; STS dev: {len(pairs.scores)} pairs", flush=True)
         results = {}
         for method in args.methods:
-            model, seconds = base, 0.0
-            if method != "plain":
+            model, seconds, extra = base, 0.0, {}
+            if method == "finetune":
                 started = time.perf_counter()
-                exit_layers = (args.layers or list(range(1, full))) if method == "layer" else EXIT_LAYERS[method]
+                model = str(finetune_2d(base, texts, scratch / method, args.finetune_epochs, args.finetune_lr, *args.finetune_weights))
+                seconds = time.perf_counter() - started
+                cosines = full_depth_cosines(base, model, texts[:COSINE_SAMPLE])
+                extra = {"full_depth_cosine_min": float(cosines.min()), "full_depth_cosine_mean": float(cosines.mean())}
+                print(f"finetune full-depth cosine to the original over {len(cosines)} abstracts: min {cosines.min():.5f} mean {cosines.mean():.5f}", flush=True)
+            elif method != "plain":
+                started = time.perf_counter()
+                exit_layers = (args.layers or list(range(1, full_depth))) if method == "layer" else EXIT_LAYERS[method]
                 model = str(adapt(base, texts, scratch / method, layers=args.layers, exit_layers=exit_layers, layer_epochs=args.layer_epochs).out)
                 seconds = time.perf_counter() - started
             encoder = Matryoshka2DEncoder(model)
@@ -84,7 +151,7 @@ def main() -> None:
                     flush=True,
                 )
             print(f"{method:6s} adapt wall {seconds:.0f} s", flush=True)
-            results[method] = {"adapt_seconds": seconds, "depths": rows}
+            results[method] = {"adapt_seconds": seconds, "depths": rows, **extra}
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
             print(f"wrote {args.json}")
