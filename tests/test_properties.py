@@ -92,6 +92,7 @@ def _check_chunks(documents: list[SourceDocument], chunking: Chunking) -> None:
 @BOUNDED
 @given(texts=st.lists(TEXT, max_size=3), size=st.integers(1, 120), overlap_share=st.floats(0, 0.99))
 @example(texts=[" "], size=1, overlap_share=0.0)  # was a chunk of one space
+@example(texts=["\ud800"], size=1, overlap_share=0.0)  # a lone surrogate: its chunk id was a UnicodeEncodeError
 def test_any_text_is_cut_into_pieces_within_the_size_and_nothing_is_lost(texts: list[str], size: int, overlap_share: float) -> None:
     documents = [SourceDocument(f"doc{number}.md", text) for number, text in enumerate(texts)]
     _check_chunks(documents, Chunking(size, int(size * overlap_share)))

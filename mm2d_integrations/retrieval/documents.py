@@ -268,8 +268,9 @@ def _read(path: Path, suffix: str, max_file_bytes: int) -> tuple[str | None, str
 
 
 def chunk_id(source: str, index: int, text: str) -> str:
-    """Stable across runs: the same text at the same place in the same file gets the same id."""
-    return f"{source}#{index}#{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
+    """Stable across runs: the same text at the same place in the same file gets the same id (a lone
+    surrogate, which a Python str may hold, is hashed as its code point rather than refused)."""
+    return f"{source}#{index}#{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
 def split_documents(documents: list[SourceDocument], chunking: Chunking | None = None) -> list[Chunk]:
