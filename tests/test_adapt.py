@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shutil
+import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,6 +134,31 @@ def test_a_learned_head_is_closer_to_full_depth_on_held_out_text(
     raw_cosine, head_cosine = (float((vectors * teacher).sum(1).mean()) for vectors in (raw, headed))
     assert head_cosine > raw_cosine + 0.2 and head_cosine > 0.6
     assert report.depths[2].cosine > report.depths[2].raw_cosine
+
+
+def test_ctrl_c_that_a_library_drops_still_stops_adapt_with_no_output(
+    tiny_base: Path, sentences: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The KeyboardInterrupt of a Ctrl-C can land in code that drops it (a finalizer, a broad except):
+    the run once finished and exited 0 (docs/reliability.md). It now ends 130 and moves nothing in."""
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(sentences[:60]) + "\n", encoding="utf-8")
+    out = tmp_path / "adapted"
+    fit = adapt_module.fit_head
+
+    def dropping_an_interrupt(*args: object, **kwargs: object) -> object:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # what a finalizer does with it
+        return fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(adapt_module, "fit_head", dropping_an_interrupt)
+    assert main(["adapt", "--model", str(tiny_base), "--corpus", str(corpus), "--out", str(out), "--layers", "1", "--exit-layers", "none", "--epochs", "1"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == [corpus]  # nor a staging folder
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handler is gone again
 
 
 def test_cli_end_to_end(tiny_base: Path, sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,11 +4,14 @@ with the short aliases `--layers` and `--dims`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dis
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,6 +22,7 @@ from mm2d_integrations.cli.eval import add_eval_command
 from mm2d_integrations.cli.export import add_export_command
 from mm2d_integrations.cli.rag import add_rag_commands
 from mm2d_integrations.cli.serve import add_serve_command
+from mm2d_integrations.core.folders import INTERRUPTED
 from mm2d_integrations.serving.remote import RemoteEmbeddingError
 
 DEBUG_VARIABLE = "MM2D_DEBUG"
@@ -69,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     debug = args.debug or os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
     try:
-        return run(args)
+        with _interrupts_recorded():
+            status = run(args)
+            if INTERRUPTED.is_set():  # an interrupt some library dropped: the run still stops as interrupted
+                raise KeyboardInterrupt
+        return status
     except KeyboardInterrupt:
         print("mm2d: interrupted; nothing half-written is kept: run the same command again to complete the work", file=sys.stderr)
         return 130
@@ -89,6 +97,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+@contextlib.contextmanager
+def _interrupts_recorded() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as always, and is also recorded in `INTERRUPTED`, so that one raised
+    where it is dropped (a finalizer, a broad except) still stops the run. Only where Python's own handler
+    is in place, on the main thread (a server or a caller may have its own)."""
+    INTERRUPTED.clear()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def record(number: int, frame: object) -> None:
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def is_bad_input(error: BaseException) -> bool:

@@ -6,10 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["check_new_folder", "staged_folder"]
+__all__ = ["INTERRUPTED", "check_new_folder", "staged_folder"]
+
+# Set by the command line's Ctrl-C handler. Python raises the KeyboardInterrupt wherever the signal
+# lands, and one raised inside a finalizer or a library's broad except is dropped: a staged folder
+# then still must not be moved in.
+INTERRUPTED = threading.Event()
 
 
 def check_new_folder(out: str | Path) -> Path:
@@ -29,6 +35,8 @@ def staged_folder(out: Path, tag: str) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
