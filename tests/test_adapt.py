@@ -19,6 +19,7 @@ from scipy.special import erf
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.cli import build_parser, main
 from mm2d_integrations.core.exit_heads import FORMAT, FORMAT_LAYERS, FORMAT_PER_SIDE, HEADS_CONFIG, HEADS_FILE
+from mm2d_integrations.core.folders import INTERRUPTED, staged_folder
 from mm2d_integrations.core.loading import shallow_view
 from mm2d_integrations.evaluation.datasets import StsPairs
 from mm2d_integrations.training import adapt as adapt_module
@@ -159,6 +160,10 @@ def test_ctrl_c_that_a_library_drops_still_stops_adapt_with_no_output(
     assert "interrupted" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == [corpus]  # nor a staging folder
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handler is gone again
+    assert not INTERRUPTED.is_set()  # and a later staged folder in this process is moved in as usual
+    with staged_folder(tmp_path / "later", "test"):
+        pass
+    assert (tmp_path / "later").is_dir()
 
 
 def test_cli_end_to_end(tiny_base: Path, sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,19 +105,20 @@ def _interrupts_recorded() -> Iterator[None]:
     where it is dropped (a finalizer, a broad except) still stops the run. Only where Python's own handler
     is in place, on the main thread (a server or a caller may have its own)."""
     INTERRUPTED.clear()
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
+    own = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def record(number: int, frame: object) -> None:
         INTERRUPTED.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, record)
+    if own:
+        signal.signal(signal.SIGINT, record)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        INTERRUPTED.clear()  # else a later run in this process (a library call, a test) would stop at once
+        if own:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def is_bad_input(error: BaseException) -> bool:
