@@ -7,13 +7,16 @@ depth, for: the plain cut, `mm2d adapt` as it comes (an exit layer at the middle
 heads alone (`--exit-layers none`), an exit layer at every depth scored (`--exit-layers` all of them), and
 a 2D fine-tune of the whole backbone (`finetune`: sentence-transformers' trainer and its Matryoshka2dLoss
 over a cosine distillation from the frozen original; needs `pip install datasets`), scored as a plain
-cut of the fine-tuned model, with how far its full-depth vectors moved from the original's.
+cut of the fine-tuned model, with how far its full-depth vectors moved from the original's, and a
+distilled student of the first L layers (`student`: an exit layer's training with all L layers
+retrained, at each of --layers, default the middle depth), scored same-depth (student both sides),
+cross-depth (student claims, the original's full-depth abstracts) and on STS dev.
 Prints one row per method and depth with the share of full depth, and the adaptation's wall time.
 
 Data: $MM2D_SCIFACT_DIR (default ../shared/data/scifact-train: corpus.jsonl, queries.jsonl,
 qrels/train.tsv) and $MM2D_STSB_DIR/sts-dev.csv (default ../shared/data/stsb). Never copied here.
 
-Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain default heads layer finetune] [--layers 1 3] [--layer-epochs N]
+Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain default heads layer finetune student] [--layers 1 3] [--layer-epochs N]
        [--finetune-epochs N] [--finetune-lr LR] [--finetune-weights FULL SHALLOWER] [--json OUT]
 """
 
@@ -27,20 +30,40 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.core.checkpoint import default_model
+from mm2d_integrations.core.exit_heads import ExitHead
+from mm2d_integrations.core.loading import shallow_view
 from mm2d_integrations.core.runtime import bf16_supported
 from mm2d_integrations.evaluation.cross_depth import evaluate_depths
-from mm2d_integrations.evaluation.datasets import read_beir, read_sts
+from mm2d_integrations.evaluation.datasets import BeirSet, StsPairs, read_beir, read_sts
 from mm2d_integrations.evaluation.grid import evaluate_sts
-from mm2d_integrations.training.adapt import LAYER_EPOCHS, PSEUDO_QUERIES, adapt, cut_pseudo_queries, read_corpus
+from mm2d_integrations.evaluation.metrics import spearman
+from mm2d_integrations.evaluation.ranking import retrieval_scores
+from mm2d_integrations.training.adapt import (
+    EPOCHS,
+    HELD_OUT_SHARE,
+    LAYER_EPOCHS,
+    MAX_HELD_OUT,
+    PSEUDO_QUERIES,
+    TEMPERATURE,
+    TOP_K,
+    Training,
+    _pooled_rows,
+    _query_side,
+    adapt,
+    cut_pseudo_queries,
+    fit_exit_layer,
+    read_corpus,
+)
 
 SCIFACT = Path(os.environ.get("MM2D_SCIFACT_DIR", "../shared/data/scifact-train"))
 STSB = Path(os.environ.get("MM2D_STSB_DIR", "../shared/data/stsb"))
 # method -> adapt's exit_layers: none adapted (plain), adapt's default, none (heads), every depth (layer: --layers)
 EXIT_LAYERS: dict[str, list[int] | None] = {"plain": [], "default": None, "heads": [], "layer": None}
-METHODS = [*EXIT_LAYERS, "finetune"]
+METHODS = [*EXIT_LAYERS, "finetune", "student"]
 FINETUNE_BATCH = 32
 LAST_LAYER_WEIGHT = 4.0  # of full depth's distillation term, against drifting from the original (a pilot, 600 abstracts, 1 epoch at 1e-4: still 0.989 mean cosine)
 PRIOR_LAYERS_WEIGHT = 1.0  # of the mean of the shallower depths' terms
@@ -60,7 +83,7 @@ def finetune_2d(
     and the widths 384/256/128/64 each step) over a cosine distillation to the frozen original's
     full-depth vectors of the texts and of pseudo-queries cut from them (batches of one kind each, so that
     short queries are not padded to an abstract's length)."""
-    from datasets import Dataset  # type: ignore[import-untyped]
+    from datasets import Dataset  # type: ignore[import-untyped, import-not-found, unused-ignore]  # pip install datasets
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
 
@@ -89,6 +112,75 @@ def finetune_2d(
 def full_depth_cosines(base: str, model: str, texts: list[str]) -> np.ndarray:
     """Cosine of each text's full-depth vector through `model` to the base model's (both unit length)."""
     return (Matryoshka2DEncoder(base).encode_documents(texts) * Matryoshka2DEncoder(model).encode_documents(texts)).sum(1)
+
+
+def distill_student(teacher: Matryoshka2DEncoder, texts: list[str], depth: int, epochs: int, seed: int = 0) -> tuple[torch.nn.Module, ExitHead]:
+    """The first `depth` layers retrained, with a linear head after pooling: an exit layer's training
+    (`fit_exit_layer`: its losses, pseudo-queries, learning rates and held-out texts) with every layer of
+    the depth retrained instead of its last alone. Returns the student (a view of the teacher's
+    embeddings and the retrained layers) and its head."""
+    queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, seed)
+    held_out = min(MAX_HELD_OUT, max(2, int(len(texts) * HELD_OUT_SHARE)))
+    (rows,) = _pooled_rows(teacher, texts, queries, sources, [depth], held_out, seed, False, {}).values()
+    training = Training("auto", ("cosine",), 4 * teacher.max_dimensions, EPOCHS, seed, TEMPERATURE, TOP_K)
+    asked = _query_side(teacher, texts, queries, sources)[0]
+    layers, head, _ = fit_exit_layer(teacher, depth, rows, texts, asked, training, epochs, retrained=depth, show_progress=True)
+    loaded = teacher.loaded_model
+    return shallow_view(loaded.model, loaded.stack, depth, layers), head
+
+
+@torch.no_grad()
+def student_vectors(teacher: Matryoshka2DEncoder, student: torch.nn.Module, head: ExitHead, texts: list[str], prompt: str) -> np.ndarray:
+    """Unit vectors of `texts` through the student and its head, in batches sorted by length."""
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+    vectors = np.empty((len(texts), teacher.max_dimensions), np.float32)
+    for start in range(0, len(order), 64):
+        picked = order[start : start + 64]
+        pooled = teacher.pooled_through(student, [texts[index] for index in picked], prompt)
+        vectors[picked] = torch.nn.functional.normalize(head(pooled), dim=1).numpy()
+    return vectors
+
+
+def score_student(
+    teacher: Matryoshka2DEncoder, student: torch.nn.Module, head: ExitHead, dataset: BeirSet, pairs: StsPairs
+) -> dict[str, float]:
+    """nDCG@10 same-depth (claims and abstracts through the student) and cross-depth (claims through it,
+    abstracts at the teacher's full depth), and STS dev, x100."""
+    position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
+    own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
+    claims = student_vectors(teacher, student, head, dataset.queries, teacher.query_prompt)
+    abstracts = student_vectors(teacher, student, head, dataset.documents, teacher.document_prompt)
+    full = teacher.encode_documents(dataset.documents)
+    sentences = list(dict.fromkeys(pairs.first + pairs.second))
+    index = {text: number for number, text in enumerate(sentences)}
+    sts = student_vectors(teacher, student, head, sentences, teacher.document_prompt)
+    first, second = sts[[index[text] for text in pairs.first]], sts[[index[text] for text in pairs.second]]
+    return {
+        "same": retrieval_scores(claims, abstracts, dataset, own)["nDCG@10"],
+        "cross": retrieval_scores(claims, full, dataset, own)["nDCG@10"],
+        "sts": 100 * spearman((first * second).sum(1), pairs.scores),
+    }
+
+
+def student_rows(base: str, texts: list[str], depths: list[int], epochs: int, dataset: BeirSet, pairs: StsPairs) -> dict[str, object]:
+    """A student distilled at each depth, scored, printed; its training time."""
+    teacher = Matryoshka2DEncoder(base)
+    reference = evaluate_depths(teacher, dataset, [teacher.max_layers]).same_depth[teacher.max_layers]["nDCG@10"]
+    (sts,) = evaluate_sts(teacher, pairs, [teacher.max_layers], [teacher.max_dimensions]).scores.values()
+    full_sts = sts[teacher.max_layers, teacher.max_dimensions]
+    rows, seconds = {}, {}
+    for depth in depths:
+        started = time.perf_counter()
+        student, head = distill_student(teacher, texts, depth, epochs)
+        seconds[depth] = time.perf_counter() - started
+        rows[depth] = score_student(teacher, student, head, dataset, pairs)
+        same, cross, spearman_ = rows[depth]["same"], rows[depth]["cross"], rows[depth]["sts"]
+        print(
+            f"student L{depth}  nDCG@10 same {same:6.2f} ({100 * same / reference:5.1f}%)  cross {cross:6.2f} ({100 * cross / reference:5.1f}%)  "
+            f"STS dev {spearman_:6.2f} ({100 * spearman_ / full_sts:5.1f}%)  distilled in {seconds[depth]:.0f} s",
+            flush=True,
+        )
+    return {"adapt_seconds": sum(seconds.values()), "seconds_by_depth": seconds, "depths": rows}
 
 
 def train_split(folder: Path, scratch: Path) -> Path:
@@ -123,6 +215,9 @@ def main() -> None:
         results = {}
         for method in args.methods:
             model, seconds, extra = base, 0.0, {}
+            if method == "student":
+                results[method] = student_rows(base, texts, args.layers or [full_depth // 2], args.layer_epochs, dataset, pairs)
+                continue
             if method == "finetune":
                 started = time.perf_counter()
                 model = str(finetune_2d(base, texts, scratch / method, args.finetune_epochs, args.finetune_lr, *args.finetune_weights))

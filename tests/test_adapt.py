@@ -31,10 +31,13 @@ from mm2d_integrations.training.adapt import (
     Training,
     _keeping,
     _layer_or_head,
+    _pooled_rows,
+    _query_side,
     _Replay,
     adapt,
     agreement,
     cut_pseudo_queries,
+    fit_exit_layer,
     fit_head,
     read_corpus,
 )
@@ -579,6 +582,35 @@ def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
     assert kept.keys() == run.keys()
     for name in kept:
         np.testing.assert_allclose(kept[name], run[name], atol=2e-3, err_msg=name)
+
+
+def test_a_distilled_student_retrains_every_layer_of_its_depth_and_leaves_the_base_alone(tiny_base: Path, sentences: list[str]) -> None:
+    """`fit_exit_layer(..., retrained=depth)` (the benchmark's distilled student): copies of all the depth's
+    layers are trained, in place of the base ones in its view, and not one base weight moves."""
+    teacher = Matryoshka2DEncoder(tiny_base)
+    loaded = teacher.loaded_model
+    texts = sentences[:40]
+    queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, 0)
+    (rows,) = _pooled_rows(teacher, texts, queries, sources, [2], 4, 0, False, {}).values()
+    asked = _query_side(teacher, texts, queries, sources)[0]
+    training = Training("ridge", ("cosine",), 8, 1, 0, 0.05, 4)
+    base = {name: weight.clone() for name, weight in loaded.model.state_dict().items()}
+    before = teacher.encode_documents(TEXTS)
+    layers, head, through = fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, retrained=2)
+    assert len(layers) == 2 and all(layer is not loaded.layers[index] for index, layer in enumerate(layers))
+    for index, layer in enumerate(layers):  # each retrained, none of them the base layer, none left trainable
+        moved = [name for name, weight in layer.state_dict().items() if not torch.equal(weight, loaded.layers[index].state_dict()[name])]
+        assert moved and not any(weight.requires_grad for weight in layer.parameters()), index
+    assert all(torch.equal(weight, base[name]) for name, weight in loaded.model.state_dict().items())
+    assert np.array_equal(teacher.encode_documents(TEXTS), before)
+    view = shallow_view(loaded.model, loaded.stack, 2, layers)
+    assert list(view.encoder.layer) == layers and len(through.documents) == int(rows.held.sum())
+    with pytest.raises(ValueError, match=r"retrained must be .*\[1, 2\]"):
+        fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, retrained=3)
+    with pytest.raises(ValueError, match="a replay holds the output of every layer but the last"):
+        fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, replay=_Replay(1 << 20), retrained=2)
+    with pytest.raises(ValueError, match="3 layers cannot replace the last of 2"):
+        shallow_view(loaded.model, loaded.stack, 2, [*layers, layers[0]])
 
 
 def test_the_exit_layer_or_the_head_whichever_keeps_the_teachers_rankings() -> None:

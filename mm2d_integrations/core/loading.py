@@ -13,6 +13,7 @@ import functools
 import threading
 import warnings
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,13 @@ def cut_config(config: Any, stack: LayerStack, depth: int) -> None:
 
 
 def shallow_view(
-    model: PreTrainedModel, stack: LayerStack, depth: int, last_layer: torch.nn.Module | None = None, below: torch.nn.Module | None = None
+    model: PreTrainedModel, stack: LayerStack, depth: int, last_layers: Sequence[torch.nn.Module] = (), below: torch.nn.Module | None = None
 ) -> PreTrainedModel:
     """`model` running only its first `depth` layers: shallow copies of the modules on the way to the
     layer list, which holds the first `depth` layer modules themselves, so that no weight is copied
-    (the last one replaced by `last_layer`, an exit layer, when given; every one before it by `below`,
-    when given: a module that hands on their output, kept from an earlier pass, while an exit layer trains).
+    (the last ones replaced by `last_layers`, when given: an exit layer, or the layers of a distilled
+    student; every one before those, or before the last one, by `below`, when given: a module that hands
+    on their output, kept from an earlier pass, while an exit layer trains).
 
     For passes that read the last hidden state only: asked for hidden states, transformers would hook
     the shared layers a second time.
@@ -140,10 +142,12 @@ def shallow_view(
         parent = child
     parent._modules = dict(parent._modules)
     kept = list(layer_list(model, stack))[:depth]
-    if last_layer is not None:
-        kept[-1] = last_layer
-    if below is not None:
-        kept[:-1] = [below] * (depth - 1)
+    if len(last_layers) > depth:
+        raise ValueError(f"{len(last_layers)} layers cannot replace the last of {depth}")
+    kept[depth - len(last_layers) :] = last_layers
+    if below is not None:  # it stands in for the layers before the replaced ones, or before the last one
+        handed_on = depth - max(1, len(last_layers))
+        kept[:handed_on] = [below] * handed_on
     parent._modules[stack.layers_path[-1]] = torch.nn.ModuleList(kept)
     return view
 
@@ -191,7 +195,9 @@ class LoadedModel:
         if depth == self.num_layers and exit_layer is None:
             return self.model
         if depth not in self._views:  # two threads may both build one: equal views, either will do
-            self._views[depth] = shallow_view(self.model, self.stack, check_int_in_range("depth", depth, 1, self.num_layers), exit_layer)
+            self._views[depth] = shallow_view(
+                self.model, self.stack, check_int_in_range("depth", depth, 1, self.num_layers), () if exit_layer is None else (exit_layer,)
+            )
         return self._views[depth]
 
     @property

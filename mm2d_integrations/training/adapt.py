@@ -293,7 +293,7 @@ def adapt(
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
         if depth in layered:
             ranked = rows[depth].ranked(seed)
-            layer, layer_head, through = fit_exit_layer(
+            (layer,), layer_head, through = fit_exit_layer(
                 teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked, show_progress
             )
             report.depths[depth] = _layer_or_head(
@@ -572,30 +572,36 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
 
 def fit_exit_layer(
     teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], asked: list[str], training: Training, epochs: int = LAYER_EPOCHS,
-    replay: _Replay | None = None, ranked: torch.Tensor | None = None, show_progress: bool = False,
-) -> tuple[torch.nn.Module, ExitHead, Rows]:
-    """A retrained copy of layer `depth` and a linear head after pooling, trained together (the base layers
-    below stay frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
+    replay: _Replay | None = None, ranked: torch.Tensor | None = None, show_progress: bool = False, retrained: int = 1,
+) -> tuple[list[torch.nn.Module], ExitHead, Rows]:
+    """A retrained copy of layer `depth` (of its last `retrained` layers: all `depth` of them make a
+    distilled student) and a linear head after pooling, trained together (the base layers below stay
+    frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
     `RANKING_WEIGHT` times the KL divergence from the teacher's softmax over documents to the student's
     for each pseudo-query, twice: over every document at full depth (cross depth) and over the batch's
     documents through the layer (same depth). Starts at the base layer and the ridge head; `epochs`
     epochs, Adam (the layer at `LAYER_LEARNING_RATE`, the head at `LEARNING_RATE`), one-cycle. The layers
-    below run once, in the teacher's pass, not once a step, where `replay` kept their output within its budget.
-    Also returns the documents `ranked` marks (default: the held-out ones) and their queries pooled through the layer."""
+    below run once, in the teacher's pass, not once a step, where `replay` kept their output within its
+    budget (the output of the first `depth` - 1 layers: one layer retrained). Also returns the documents
+    `ranked` marks (default: the held-out ones) and their queries pooled through the layers."""
     fitting, held = rows.side(fitting=True), rows.side(fitting=False)
     head = fit_ridge(*fitting.pointwise("shared"), *held.pointwise("shared"))
     loaded = teacher.loaded_model
     loaded.model.requires_grad_(False)  # frozen: no graph through the layers below (inference never needs one)
-    layer = copy.deepcopy(loaded.layers[depth - 1]).requires_grad_(True)
+    check_int_in_range("retrained", retrained, 1, depth)
+    if replay is not None and retrained != 1:
+        raise ValueError("a replay holds the output of every layer but the last: it serves one retrained layer")
+    layers = [copy.deepcopy(loaded.layers[index]).requires_grad_(True) for index in range(depth - retrained, depth)]
     head.requires_grad_(True)
-    view = shallow_view(loaded.model, loaded.stack, depth, layer)
+    view = shallow_view(loaded.model, loaded.stack, depth, layers)
     documents, fitting_queries = _texts_of(rows, texts, asked, ~rows.held)
     replay = replay if replay is not None and replay.states is not None else None
-    trained = view if replay is None else shallow_view(loaded.model, loaded.stack, depth, layer, below=replay)
+    trained = view if replay is None else shallow_view(loaded.model, loaded.stack, depth, layers, below=replay)
     # bfloat16 products where the device runs them natively (about 1.5 times faster on a recent cpu); float32 elsewhere
     products = torch.autocast(teacher.device.type, dtype=torch.bfloat16, enabled=bf16_supported(teacher.device))
     rates = (LAYER_LEARNING_RATE, LEARNING_RATE)
-    optimiser = torch.optim.Adam([{"params": list(layer.parameters()), "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}])
+    weights = [weight for layer in layers for weight in layer.parameters()]
+    optimiser = torch.optim.Adam([{"params": weights, "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}])
     text_batch, query_batch = LAYER_BATCH
     steps = max(1, -(-len(documents) * epochs // text_batch))  # the epochs' orders run on into each other
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=list(rates), total_steps=steps, pct_start=0.1)
@@ -614,7 +620,7 @@ def fit_exit_layer(
         student_scores = torch.log_softmax(student @ documents.T / training.temperature, 1)
         return RANKING_WEIGHT * torch.nn.functional.kl_div(student_scores, teacher_scores, log_target=True, reduction="batchmean")
 
-    for step in tqdm(range(steps), desc=f"exit layer {depth}", unit="step", disable=not show_progress):  # minutes on a large corpus
+    for step in tqdm(range(steps), desc=f"exit layer {depth}" if retrained == 1 else f"layers {depth - retrained + 1}-{depth}", unit="step", disable=not show_progress):  # minutes on a large corpus
         picked = order[step * text_batch : (step + 1) * text_batch]
         batch_documents, batch_targets = vectors([documents[i] for i in picked.tolist()], teacher.document_prompt), fitting.document_targets[picked]
         value = 1 - (batch_documents * batch_targets).sum(1).mean()
@@ -629,9 +635,10 @@ def fit_exit_layer(
         value.backward()
         optimiser.step()
         schedule.step()
-    layer.requires_grad_(False)
+    for layer in layers:
+        layer.requires_grad_(False)
     head.eval().requires_grad_(False)
-    return layer, head, _pooled_through(teacher, view, rows, texts, asked, rows.held if ranked is None else ranked)
+    return layers, head, _pooled_through(teacher, view, rows, texts, asked, rows.held if ranked is None else ranked)
 
 
 class _Replay(torch.nn.Module):
