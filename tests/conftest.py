@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: everything loads from disk
+# Ctrl-C as in a terminal, for this process and the commands the tests start: a suite started in the
+# background by a script (`cmd &` without job control) inherits SIGINT ignored, and so would every command
+# it starts, which then runs to its end through the Ctrl-C tests' signal and exits 0.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from mm2d_integrations.evaluation.datasets import StsPairs, read_sts
 

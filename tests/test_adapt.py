@@ -596,7 +596,7 @@ def test_a_distilled_student_retrains_every_layer_of_its_depth_and_leaves_the_ba
     training = Training("ridge", ("cosine",), 8, 1, 0, 0.05, 4)
     base = {name: weight.clone() for name, weight in loaded.model.state_dict().items()}
     before = teacher.encode_documents(TEXTS)
-    layers, head, through = fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, retrained=2)
+    layers, _, through = fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, retrained=2)
     assert len(layers) == 2 and all(layer is not loaded.layers[index] for index, layer in enumerate(layers))
     for index, layer in enumerate(layers):  # each retrained, none of them the base layer, none left trainable
         moved = [name for name, weight in layer.state_dict().items() if not torch.equal(weight, loaded.layers[index].state_dict()[name])]
