@@ -142,30 +142,27 @@ def student_vectors(teacher: Matryoshka2DEncoder, student: torch.nn.Module, head
 
 
 def score_student(
-    teacher: Matryoshka2DEncoder, student: torch.nn.Module, head: ExitHead, dataset: BeirSet, pairs: StsPairs
+    teacher: Matryoshka2DEncoder, student: torch.nn.Module, head: ExitHead, dataset: BeirSet, full_abstracts: np.ndarray, pairs: StsPairs
 ) -> dict[str, float]:
     """nDCG@10 same-depth (claims and abstracts through the student) and cross-depth (claims through it,
-    abstracts at the teacher's full depth), and STS dev, x100."""
-    position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
-    own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
+    `full_abstracts`: the teacher's full-depth vectors), and STS dev, x100."""
+    own = dataset.own_documents()
     claims = student_vectors(teacher, student, head, dataset.queries, teacher.query_prompt)
     abstracts = student_vectors(teacher, student, head, dataset.documents, teacher.document_prompt)
-    full = teacher.encode_documents(dataset.documents)
-    sentences = list(dict.fromkeys(pairs.first + pairs.second))
-    index = {text: number for number, text in enumerate(sentences)}
+    sentences, first, second = pairs.distinct()
     sts = student_vectors(teacher, student, head, sentences, teacher.document_prompt)
-    first, second = sts[[index[text] for text in pairs.first]], sts[[index[text] for text in pairs.second]]
     return {
         "same": retrieval_scores(claims, abstracts, dataset, own)["nDCG@10"],
-        "cross": retrieval_scores(claims, full, dataset, own)["nDCG@10"],
-        "sts": 100 * spearman((first * second).sum(1), pairs.scores),
+        "cross": retrieval_scores(claims, full_abstracts, dataset, own)["nDCG@10"],
+        "sts": 100 * spearman((sts[first] * sts[second]).sum(1), pairs.scores),
     }
 
 
 def student_rows(base: str, texts: list[str], depths: list[int], epochs: int, dataset: BeirSet, pairs: StsPairs) -> dict[str, object]:
     """A student distilled at each depth, scored, printed; its training time."""
     teacher = Matryoshka2DEncoder(base)
-    reference = evaluate_depths(teacher, dataset, [teacher.max_layers]).same_depth[teacher.max_layers]["nDCG@10"]
+    full_abstracts = teacher.encode_documents(dataset.documents)  # once: the reference's and every depth's cross-depth documents
+    reference = retrieval_scores(teacher.encode_queries(dataset.queries), full_abstracts, dataset, dataset.own_documents())["nDCG@10"]
     (sts,) = evaluate_sts(teacher, pairs, [teacher.max_layers], [teacher.max_dimensions]).scores.values()
     full_sts = sts[teacher.max_layers, teacher.max_dimensions]
     rows, seconds = {}, {}
@@ -173,7 +170,7 @@ def student_rows(base: str, texts: list[str], depths: list[int], epochs: int, da
         started = time.perf_counter()
         student, head = distill_student(teacher, texts, depth, epochs)
         seconds[depth] = time.perf_counter() - started
-        rows[depth] = score_student(teacher, student, head, dataset, pairs)
+        rows[depth] = score_student(teacher, student, head, dataset, full_abstracts, pairs)
         same, cross, spearman_ = rows[depth]["same"], rows[depth]["cross"], rows[depth]["sts"]
         print(
             f"student L{depth}  nDCG@10 same {same:6.2f} ({100 * same / reference:5.1f}%)  cross {cross:6.2f} ({100 * cross / reference:5.1f}%)  "

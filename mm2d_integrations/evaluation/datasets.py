@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["BEIR_LAYOUT", "BeirSet", "StsPairs", "read_beir", "read_sts"]
 
 
@@ -18,6 +20,13 @@ class StsPairs:
     scores: list[float]
     first: list[str]
     second: list[str]
+
+    def distinct(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Each sentence once, in order of first appearance, and the index in that list of each pair's
+        first and second sentence: every sentence is encoded once, then the pairs compared."""
+        sentences = list(dict.fromkeys(self.first + self.second))
+        position = {text: index for index, text in enumerate(sentences)}
+        return sentences, np.array([position[text] for text in self.first]), np.array([position[text] for text in self.second])
 
 
 def read_sts(path: str | Path) -> StsPairs:
@@ -58,6 +67,12 @@ class BeirSet:
     query_ids: list[str]
     queries: list[str]
     qrels: dict[str, dict[str, int]]  # query id -> corpus id -> relevance (graded, > 0 is relevant)
+
+    def own_documents(self) -> np.ndarray:
+        """For each query, the index of the document with the query's id, or -1: BEIR never retrieves it,
+        as in sets whose queries are also documents it is a trivial match (see `ranking.top_k`)."""
+        position = {corpus_id: index for index, corpus_id in enumerate(self.corpus_ids)}
+        return np.array([position.get(query_id, -1) for query_id in self.query_ids])
 
 
 BEIR_LAYOUT = "corpus.jsonl, queries.jsonl and qrels/test.tsv"

@@ -109,10 +109,7 @@ def evaluate_sts(
     """Cosine Spearman x100 of every cell; each distinct sentence is encoded once."""
     started = time.perf_counter()
     depths, widths = grid_axes(encoder, layers, dimensions)
-    texts = list(dict.fromkeys(pairs.first + pairs.second))
-    position = {text: index for index, text in enumerate(texts)}
-    first = np.array([position[text] for text in pairs.first])
-    second = np.array([position[text] for text in pairs.second])
+    texts, first, second = pairs.distinct()
     with LayerClock(encoder) as clock:
         vectors = encoder.encode_layerwise(texts, depths, prompt=encoder.document_prompt, show_progress=show_progress)
     scores: dict[Cell, float] = {}
@@ -148,8 +145,7 @@ def evaluate_retrieval(
             dataset.documents, {*depths, full} if cross_depth else depths, prompt=encoder.document_prompt, show_progress=show_progress
         )
         queries = encoder.encode_layerwise(dataset.queries, depths, prompt=encoder.query_prompt, side="query", show_progress=show_progress)
-    position = {corpus_id: index for index, corpus_id in enumerate(dataset.corpus_ids)}
-    own = np.array([position.get(query_id, -1) for query_id in dataset.query_ids])
+    own = dataset.own_documents()
     scores = _retrieval_cells(queries, documents, dataset, own, depths, widths)
     measured = [
         evaluate_funnel(queries[depth], documents[depth], dataset, own, funnel, depth, widths[0])

@@ -584,13 +584,13 @@ def fit_exit_layer(
     below run once, in the teacher's pass, not once a step, where `replay` kept their output within its
     budget (the output of the first `depth` - 1 layers: one layer retrained). Also returns the documents
     `ranked` marks (default: the held-out ones) and their queries pooled through the layers."""
+    check_int_in_range("retrained", retrained, 1, depth)
+    if replay is not None and retrained != 1:
+        raise ValueError("a replay holds the output of every layer but the last: it serves one retrained layer")
     fitting, held = rows.side(fitting=True), rows.side(fitting=False)
     head = fit_ridge(*fitting.pointwise("shared"), *held.pointwise("shared"))
     loaded = teacher.loaded_model
     loaded.model.requires_grad_(False)  # frozen: no graph through the layers below (inference never needs one)
-    check_int_in_range("retrained", retrained, 1, depth)
-    if replay is not None and retrained != 1:
-        raise ValueError("a replay holds the output of every layer but the last: it serves one retrained layer")
     layers = [copy.deepcopy(loaded.layers[index]).requires_grad_(True) for index in range(depth - retrained, depth)]
     head.requires_grad_(True)
     view = shallow_view(loaded.model, loaded.stack, depth, layers)
