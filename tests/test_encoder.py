@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 
 from mm2d_integrations import Matryoshka2DEncoder, truncate_dimensions
 from mm2d_integrations.evaluation.datasets import StsPairs
+from tests.conftest import Avx2Run
 from tests.tiny_models import build_tiny_model, copy_as_hub_cache
 
 DIMENSIONS = (384, 256, 128, 64, 32)
@@ -276,38 +277,12 @@ def test_bf16_falls_back_with_a_warning_where_the_cpu_lacks_it(minilm_path: Path
     assert encoder.compute_precision == "float32"
 
 
-_WITHOUT_BF16_OR_VNNI = """
-import sys, warnings
-import numpy as np, torch
-from mm2d_integrations import Matryoshka2DEncoder
-assert not torch.ops.mkldnn._is_mkldnn_bf16_supported(), "oneDNN still reports bfloat16"
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    fast = Matryoshka2DEncoder(sys.argv[1], compute_precision="bf16")
-assert fast.compute_precision == "float32", fast.compute_precision
-assert any("falls back to float32" in str(warning.message) for warning in caught)
-texts = sys.argv[2:]
-vectors = [Matryoshka2DEncoder(sys.argv[1], backend=backend).encode_documents(texts) for backend in ("torch", "onnx")]
-int8 = Matryoshka2DEncoder(sys.argv[1], compute_precision="int8").encode_documents(texts)  # oneDNN's AVX2 int8 kernels
-np.save(sys.stdout.buffer, np.stack([fast.encode_documents(texts), *vectors, int8]))
-"""
-
-
-def test_a_cpu_without_bf16_or_vnni_gets_exact_float32(minilm_path: Path, sentences: list[str], tmp_path: Path) -> None:
-    """Forced for real: oneDNN limited to AVX2 (no bfloat16, no VNNI) and torch's kernels to AVX2; the bf16
-    request falls back, the torch and ONNX backends still give this machine's float32 vectors, and int8
-    runs on AVX2 kernels within its quality bar."""
-    import io
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MM2D_CACHE_DIR": str(tmp_path)}
-    output = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_BF16_OR_VNNI, str(minilm_path), *sentences[:40]], env=env, capture_output=True, check=True
-    ).stdout
-    expected = Matryoshka2DEncoder(minilm_path).encode_documents(sentences[:40])
-    *exact, int8 = np.load(io.BytesIO(output))
+def test_a_cpu_without_bf16_or_vnni_gets_exact_float32(minilm_path: Path, avx2_run: Avx2Run) -> None:
+    """Forced for real (tests/conftest.py): oneDNN limited to AVX2 (no bfloat16, no VNNI) and torch's kernels
+    to AVX2; the bf16 request falls back, the torch and ONNX backends still give this machine's float32
+    vectors, and int8 runs on AVX2 kernels within its quality bar."""
+    *exact, int8 = avx2_run.vectors()
+    expected = Matryoshka2DEncoder(minilm_path).encode_documents(avx2_run.texts)
     for vectors in exact:
         assert float((vectors * expected).sum(1).min()) >= 0.99999
     assert 0.99 <= float((int8 * expected).sum(1).min()) < 0.99999

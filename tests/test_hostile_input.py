@@ -106,7 +106,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 READERS = """
-import json, os, sys
+import contextlib, io, json, os, sys, traceback
 from pathlib import Path
 import langchain_text_splitters  # imported before the process gives up root, which owns the interpreter's folder
 from mm2d_integrations.retrieval.documents import load_folder
@@ -123,28 +123,75 @@ def error(call):
     except Exception as raised:
         return f"{type(raised).__name__}: {raised}"
 
-folder, entry = Path(sys.argv[1]), sys.argv[2]
-loaded = load_folder(folder)
-print(json.dumps({
-    "documents": sorted(document.source for document in loaded.documents),
-    "skipped": dict(loaded.skipped),
-    "corpus": read_corpus(folder),
-    "entry as corpus": error(lambda: read_corpus(folder / entry)),
-}))
+def read(folder, entry):
+    loaded = load_folder(folder)
+    return {
+        "documents": sorted(document.source for document in loaded.documents),
+        "skipped": dict(loaded.skipped),
+        "corpus": read_corpus(folder),
+        "entry as corpus": error(lambda: read_corpus(folder / entry)),
+    }
+
+for entry, folder in json.loads(sys.argv[1]).items():  # one line per case, written as soon as it is read
+    with contextlib.redirect_stderr(io.StringIO()) as warned:  # what the readers warn while reading this case
+        try:
+            got = read(Path(folder), entry)
+        except Exception:
+            got = {"traceback": traceback.format_exc()}
+    print(json.dumps({"entry": entry, "stderr": warned.getvalue(), **got}), flush=True)
 """
 
 
+@pytest.fixture(scope="module")
+def folders_read() -> Iterator[dict[str, Any]]:
+    """Each `HOSTILE` entry in a folder of its own (beside two readable documents), all read by one
+    unprivileged child process: entry -> (what it is listed as skipped with, what the child read, the
+    child's own stderr), or a pytest skip where the entry cannot be made here. The child writes each
+    case's result as it finishes, so a reader that blocks (stopped at TIMEOUT_S) fails its own case."""
+    base = Path(tempfile.mkdtemp(prefix="mm2d-"))  # reachable by nobody, short enough a path for a Unix socket
+    base.chmod(0o755)
+    cases: dict[str, Any] = {}
+    folders: dict[str, str] = {}
+    try:
+        for number, entry in enumerate(HOSTILE):
+            case = base / str(number)
+            case.mkdir()
+            case.chmod(0o755)
+            try:
+                cases[entry] = hostile_folder(case, [entry])
+            except pytest.skip.Exception as skipped:
+                cases[entry] = skipped
+            else:
+                folders[entry] = str(case)
+        try:
+            done = run_python(READERS, json.dumps(folders))
+            stdout, stderr = done.stdout, f"exit status {done.returncode}: {done.stderr}"
+        except subprocess.TimeoutExpired as stopped:
+            stdout, stderr = _text(stopped.stdout), f"stopped after {TIMEOUT_S} s: {_text(stopped.stderr)}"
+        read = {got["entry"]: got for got in map(json.loads, stdout.splitlines())}
+        yield {entry: expected if entry not in folders else (expected, read.get(entry), stderr) for entry, expected in cases.items()}
+    finally:
+        for locked in base.glob("*/locked"):
+            locked.chmod(0o700)
+        shutil.rmtree(base)
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 @pytest.mark.parametrize("entry", HOSTILE)
-def test_the_folder_readers_read_regular_files_only_and_list_the_rest(folder: Path, entry: str) -> None:
+def test_the_folder_readers_read_regular_files_only_and_list_the_rest(folders_read: dict[str, Any], entry: str) -> None:
     """`load_folder` (`mm2d index`) and `read_corpus` (`mm2d adapt --corpus`): a FIFO, a socket or a
     device is never opened, link loops and folders that cannot be listed are skipped, the rest is read."""
-    expected = hostile_folder(folder, [entry])
-    done = run_python(READERS, str(folder), entry)
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout)
+    if isinstance(folders_read[entry], pytest.skip.Exception):
+        pytest.skip(folders_read[entry].msg)
+    expected, got, child_stderr = folders_read[entry]
+    assert got is not None, f"the readers never finished {entry!r} ({child_stderr})"
+    assert "traceback" not in got, got["traceback"]
     assert (got["documents"], got["skipped"]) == (["a.txt", "sub/b.md"], expected)
     assert got["corpus"] == ["A readable note about turbines.", "Another readable note about batteries."]
-    assert all(f"  {path}: {why}" in done.stderr for path, why in expected.items())  # the warning lists them
+    assert all(f"  {path}: {why}" in got["stderr"] for path, why in expected.items())  # the warning lists them
     assert HOSTILE[entry][2] in got["entry as corpus"]
 
 

@@ -11,6 +11,7 @@ import torch
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.core.int8 import Int8Linear, calibration_texts, quantize_linears
+from tests.conftest import Avx2Run
 
 
 def _min_cosine(first: np.ndarray, second: np.ndarray) -> float:
@@ -126,26 +127,27 @@ np.save(sys.stdout.buffer, Matryoshka2DEncoder(sys.argv[1], compute_precision="i
 """
 
 
-def test_kernels_compiled_for_another_cpu_capability_are_never_loaded(minilm_path: Path, sentences: list[str], tmp_path: Path) -> None:
+def test_kernels_compiled_for_another_cpu_capability_are_never_loaded(minilm_path: Path, avx2_run: Avx2Run) -> None:
     """torch's kernel cache does not key kernels by CPU capability: an AVX2-forced process that compiled
     int8's products made the next default process on the same cache folder abort (heap corruption).
-    Each capability now gets its own subfolder, so both processes run and stay within the bar."""
+    Each capability now gets its own subfolder, so both processes run and stay within the bar. The
+    AVX2 process is tests/conftest.py's, which compiled its products into a fresh cache folder."""
     import io
     import os
     import subprocess
     import sys
 
-    texts = sentences[:24]
+    texts = avx2_run.texts
     expected = Matryoshka2DEncoder(minilm_path).encode_documents(texts)
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "kernels")}
-    forced = {**env, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    for run_env in (forced, env, env):  # AVX2 first, then the default twice (compiled, then loaded from disk)
+    assert _min_cosine(avx2_run.vectors()[-1], expected) >= 0.99  # AVX2 first: it ran, and wrote its kernels
+    assert "cpu-avx2" in {path.name for path in avx2_run.kernels.iterdir()}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(avx2_run.kernels)}
+    for _ in range(2):  # then the default capability twice on the same folder (compiled, then loaded from disk)
         result = subprocess.run(
-            [sys.executable, "-c", _INT8_IN_A_PROCESS, str(minilm_path), *texts], env=run_env, capture_output=True, timeout=600
+            [sys.executable, "-c", _INT8_IN_A_PROCESS, str(minilm_path), *texts], env=env, capture_output=True, timeout=600
         )
         assert result.returncode == 0, result.stderr.decode()[-2000:]
         assert _min_cosine(np.load(io.BytesIO(result.stdout)), expected) >= 0.99
-    assert "cpu-avx2" in {path.name for path in (tmp_path / "kernels").iterdir()}
 
 
 def test_the_kernel_cache_is_keyed_once_by_capability(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
