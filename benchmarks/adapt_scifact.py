@@ -17,6 +17,7 @@ Data: $MM2D_SCIFACT_DIR (default ../shared/data/scifact-train: corpus.jsonl, que
 qrels/train.tsv) and $MM2D_STSB_DIR/sts-dev.csv (default ../shared/data/stsb). Never copied here.
 
 Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_scifact.py [--methods plain default heads layer finetune student] [--layers 1 3] [--layer-epochs N]
+       [--exit-layer-start last|own]
        [--finetune-epochs N] [--finetune-lr LR] [--finetune-weights FULL SHALLOWER] [--json OUT]
 """
 
@@ -44,6 +45,7 @@ from mm2d_integrations.evaluation.metrics import spearman
 from mm2d_integrations.evaluation.ranking import retrieval_scores
 from mm2d_integrations.training.adapt import (
     EPOCHS,
+    EXIT_LAYER_STARTS,
     HELD_OUT_SHARE,
     LAYER_EPOCHS,
     MAX_HELD_OUT,
@@ -114,17 +116,20 @@ def full_depth_cosines(base: str, model: str, texts: list[str]) -> np.ndarray:
     return (Matryoshka2DEncoder(base).encode_documents(texts) * Matryoshka2DEncoder(model).encode_documents(texts)).sum(1)
 
 
-def distill_student(teacher: Matryoshka2DEncoder, texts: list[str], depth: int, epochs: int, seed: int = 0) -> tuple[torch.nn.Module, ExitHead]:
+def distill_student(
+    teacher: Matryoshka2DEncoder, texts: list[str], depth: int, epochs: int, exit_layer_start: str = "last", seed: int = 0
+) -> tuple[torch.nn.Module, ExitHead]:
     """The first `depth` layers retrained, with a linear head after pooling: an exit layer's training
-    (`fit_exit_layer`: its losses, pseudo-queries, learning rates and held-out texts) with every layer of
-    the depth retrained instead of its last alone. Returns the student (a view of the teacher's
-    embeddings and the retrained layers) and its head."""
+    (`fit_exit_layer`: its losses, pseudo-queries, learning rates and held-out texts, its last layer
+    started as `exit_layer_start` says) with every layer of the depth retrained instead of its last alone.
+    Returns the student (a view of the teacher's embeddings and the retrained layers) and its head."""
     queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, seed)
     held_out = min(MAX_HELD_OUT, max(2, int(len(texts) * HELD_OUT_SHARE)))
     (rows,) = _pooled_rows(teacher, texts, queries, sources, [depth], held_out, seed, False, {}).values()
     training = Training("auto", ("cosine",), 4 * teacher.max_dimensions, EPOCHS, seed, TEMPERATURE, TOP_K)
     asked = _query_side(teacher, texts, queries, sources)[0]
-    layers, head, _ = fit_exit_layer(teacher, depth, rows, texts, asked, training, epochs, retrained=depth, show_progress=True)
+    start_layer = depth if exit_layer_start == "own" else None
+    layers, head, _ = fit_exit_layer(teacher, depth, rows, texts, asked, training, epochs, retrained=depth, show_progress=True, start_layer=start_layer)
     loaded = teacher.loaded_model
     return shallow_view(loaded.model, loaded.stack, depth, layers), head
 
@@ -158,7 +163,9 @@ def score_student(
     }
 
 
-def student_rows(base: str, texts: list[str], depths: list[int], epochs: int, dataset: BeirSet, pairs: StsPairs) -> dict[str, object]:
+def student_rows(
+    base: str, texts: list[str], depths: list[int], epochs: int, exit_layer_start: str, dataset: BeirSet, pairs: StsPairs
+) -> dict[str, object]:
     """A student distilled at each depth, scored, printed; its training time."""
     teacher = Matryoshka2DEncoder(base)
     full_abstracts = teacher.encode_documents(dataset.documents)  # once: the reference's and every depth's cross-depth documents
@@ -168,7 +175,7 @@ def student_rows(base: str, texts: list[str], depths: list[int], epochs: int, da
     rows, seconds = {}, {}
     for depth in depths:
         started = time.perf_counter()
-        student, head = distill_student(teacher, texts, depth, epochs)
+        student, head = distill_student(teacher, texts, depth, epochs, exit_layer_start)
         seconds[depth] = time.perf_counter() - started
         rows[depth] = score_student(teacher, student, head, dataset, full_abstracts, pairs)
         same, cross, spearman_ = rows[depth]["same"], rows[depth]["cross"], rows[depth]["sts"]
@@ -195,6 +202,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["plain", "default", "heads"], choices=METHODS)
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths to adapt and score (default every one)")
     parser.add_argument("--layer-epochs", type=int, default=LAYER_EPOCHS, help=f"of the exit layers (default {LAYER_EPOCHS})")
+    parser.add_argument("--exit-layer-start", choices=EXIT_LAYER_STARTS, default="last", help="of the exit layers and the student's last layer (default last)")
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--finetune-weights", type=float, nargs=2, default=[LAST_LAYER_WEIGHT, PRIOR_LAYERS_WEIGHT], metavar=("FULL", "SHALLOWER"),
@@ -213,7 +221,7 @@ def main() -> None:
         for method in args.methods:
             model, seconds, extra = base, 0.0, {}
             if method == "student":
-                results[method] = student_rows(base, texts, args.layers or [full_depth // 2], args.layer_epochs, dataset, pairs)
+                results[method] = student_rows(base, texts, args.layers or [full_depth // 2], args.layer_epochs, args.exit_layer_start, dataset, pairs)
                 continue
             if method == "finetune":
                 started = time.perf_counter()
@@ -225,7 +233,11 @@ def main() -> None:
             elif method != "plain":
                 started = time.perf_counter()
                 exit_layers = (args.layers or list(range(1, full_depth))) if method == "layer" else EXIT_LAYERS[method]
-                model = str(adapt(base, texts, scratch / method, layers=args.layers, exit_layers=exit_layers, layer_epochs=args.layer_epochs).out)
+                adapted = adapt(
+                    base, texts, scratch / method, layers=args.layers, exit_layers=exit_layers, layer_epochs=args.layer_epochs,
+                    exit_layer_start=args.exit_layer_start,
+                )
+                model = str(adapted.out)
                 seconds = time.perf_counter() - started
             encoder = Matryoshka2DEncoder(model)
             depths = sorted({*(args.layers or range(1, encoder.max_layers)), encoder.max_layers})

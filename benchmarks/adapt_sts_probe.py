@@ -4,10 +4,11 @@ Adapts all-MiniLM-L6-v2 at depth 3 (exit layer, `mm2d adapt`'s defaults otherwis
 random from $MM2D_SCIFACT_DIR/corpus.jsonl, and scores STS Benchmark dev at 3 layers, for each variant:
 `abstracts` (the N abstracts alone), `vocabulary` (plus N "sentences" of 6 to 20 words drawn from the
 model's own vocabulary, the lower ranks likelier, as texts), `vocabulary-queries` (the same, added to the
-pseudo-queries instead of the texts). Prints the STS dev Spearman x100 at 3 layers and its share of full
-depth, and the adaptation's wall time. Results in docs/adapt.md (the targets).
+pseudo-queries instead of the texts); `--exit-layer-start own` starts the exit layer as the layer it
+replaces (the default before) instead of the model's last. Prints the STS dev Spearman x100 at 3 layers
+and its share of full depth, and the adaptation's wall time. Results in docs/adapt.md (the targets).
 
-Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_sts_probe.py abstracts vocabulary vocabulary-queries --texts 1000
+Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/adapt_sts_probe.py abstracts vocabulary vocabulary-queries --texts 1000 [--exit-layer-start own]
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", choices=VARIANTS)
     parser.add_argument("--texts", type=int, default=1000, help="abstracts drawn at random (default 1000)")
+    parser.add_argument("--exit-layer-start", choices=adapt_module.EXIT_LAYER_STARTS, default="last", help="what the exit layer starts as (default last)")
     args = parser.parse_args()
     base = default_model()
     abstracts = random.Random(0).sample(adapt_module.read_corpus(SCIFACT / "corpus.jsonl"), args.texts)
@@ -75,14 +77,14 @@ def main() -> None:
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 started = time.perf_counter()
-                adapt_module.adapt(base, texts, Path(scratch) / "out", layers=[DEPTH], exit_layers=[DEPTH])
+                adapt_module.adapt(base, texts, Path(scratch) / "out", layers=[DEPTH], exit_layers=[DEPTH], exit_layer_start=args.exit_layer_start)
                 seconds = time.perf_counter() - started
                 encoder = Matryoshka2DEncoder(Path(scratch) / "out")
                 (sts,) = evaluate_sts(encoder, pairs, [DEPTH, encoder.max_layers], [encoder.max_dimensions]).scores.values()
         finally:
             adapt_module.cut_pseudo_queries = cut
         shallow, full = sts[DEPTH, encoder.max_dimensions], sts[encoder.max_layers, encoder.max_dimensions]
-        print(f"{variant:18s} {args.texts} abstracts: STS dev at {DEPTH} layers {shallow:.2f} ({100 * shallow / full:.1f}%)  adapt {seconds:.0f} s", flush=True)
+        print(f"{variant:18s} {args.texts} abstracts, exit layer started as {args.exit_layer_start}: STS dev at {DEPTH} layers {shallow:.2f} ({100 * shallow / full:.1f}%)  adapt {seconds:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

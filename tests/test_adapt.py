@@ -39,6 +39,7 @@ from mm2d_integrations.training.adapt import (
     cut_pseudo_queries,
     fit_exit_layer,
     fit_head,
+    fit_ridge,
     read_corpus,
 )
 from tests.conftest import GRADED_PAIRS, distinct_sentences
@@ -518,6 +519,14 @@ def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_
     assert "where an exit layer was tried (layer), it and the best head rank the held-out texts and up to 1,000 documents" in printed
     config = json.loads((tmp_path / "out" / HEADS_CONFIG).read_text())
     assert config["layers"] == {"1": {"replaces": 1}} and config["exit_layers"] == [1] and sorted(config["query_heads"]) == ["2"]
+    assert config["exit_layer_start"] == "last"
+    assert main([*arguments, "--out", str(tmp_path / "own"), "--layers", "1", "--exit-layers", "1", "--layer-epochs", "1", "--exit-layer-start", "own"]) == 0
+    assert json.loads((tmp_path / "own" / HEADS_CONFIG).read_text())["exit_layer_start"] == "own"
+    with pytest.raises(SystemExit) as exited:
+        main([*arguments, "--out", str(tmp_path / "first"), "--exit-layer-start", "first"])
+    assert exited.value.code == 2 and "argument --exit-layer-start: invalid choice: 'first'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="exit_layer_start must be one of last, own, got 'first'"):
+        adapt(tiny_base, sentences[:40], tmp_path / "first", exit_layer_start="first")
     assert main([*arguments, "--out", str(tmp_path / "none"), "--exit-layers", "none"]) == 0
     assert "layers" not in json.loads((tmp_path / "none" / HEADS_CONFIG).read_text())
     assert main([*arguments, "--out", str(tmp_path / "both"), "--exit-layers", "2", "none"]) == 2
@@ -525,7 +534,7 @@ def test_cli_adapts_with_exit_layers(tiny_base: Path, sentences: list[str], tmp_
     with pytest.raises(SystemExit) as exited:  # argparse's own exit, as for every malformed argument
         main([*arguments, "--out", str(tmp_path / "word"), "--exit-layers", "half"])
     assert exited.value.code == 2 and "argument --exit-layers: not a depth: 'half' (a whole number, or none)" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in ("both", "word"))
+    assert not any((tmp_path / name).exists() for name in ("both", "word", "first"))
 
 
 def test_by_default_an_exit_layer_is_tried_at_the_middle_depth_and_kept_where_it_ranks_better(
@@ -574,10 +583,11 @@ def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
     load = _Replay.load
     monkeypatch.setattr(_Replay, "load", lambda self, token_ids: (loads.append(len(token_ids)), load(self, token_ids))[1])
     adapt(tiny_base, sentences[:40], tmp_path / "kept", layers=[3], exit_layers=[3], layer_epochs=1)
-    assert len(loads) == 2 * 3  # texts and pseudo-queries, each of the 3 steps (36 texts, 16 a step)
+    # the head's start (the 40 texts, then their 74 pseudo-queries, 64 a batch), then texts and pseudo-queries at each of the 3 steps (36 texts, 16 a step)
+    assert loads == [40, 64, 10] + [16, 96] * 2 + [4, 96]
     monkeypatch.setattr(adapt_module, "MAX_KEPT_STATES", 0)  # too little room: every step runs the layers below
     adapt(tiny_base, sentences[:40], tmp_path / "run", layers=[3], exit_layers=[3], layer_epochs=1)
-    assert len(loads) == 6
+    assert len(loads) == 9
     kept, run = load_file(tmp_path / "kept" / HEADS_FILE), load_file(tmp_path / "run" / HEADS_FILE)
     assert kept.keys() == run.keys()
     for name in kept:
@@ -598,8 +608,9 @@ def test_a_distilled_student_retrains_every_layer_of_its_depth_and_leaves_the_ba
     before = teacher.encode_documents(TEXTS)
     layers, _, through = fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, retrained=2)
     assert len(layers) == 2 and all(layer is not loaded.layers[index] for index, layer in enumerate(layers))
+    started = [loaded.layers[0], loaded.layers[-1]]  # the last one starts as the model's last layer
     for index, layer in enumerate(layers):  # each retrained, none of them the base layer, none left trainable
-        moved = [name for name, weight in layer.state_dict().items() if not torch.equal(weight, loaded.layers[index].state_dict()[name])]
+        moved = [name for name, weight in layer.state_dict().items() if not torch.equal(weight, started[index].state_dict()[name])]
         assert moved and not any(weight.requires_grad for weight in layer.parameters()), index
     assert all(torch.equal(weight, base[name]) for name, weight in loaded.model.state_dict().items())
     assert np.array_equal(teacher.encode_documents(TEXTS), before)
@@ -611,6 +622,53 @@ def test_a_distilled_student_retrains_every_layer_of_its_depth_and_leaves_the_ba
         fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, replay=_Replay(1 << 20), retrained=2)
     with pytest.raises(ValueError, match="3 layers cannot replace the last of 2"):
         shallow_view(loaded.model, loaded.stack, 2, [*layers, layers[0]])
+
+
+@pytest.mark.parametrize("start_layer", [None, 3])
+def test_an_exit_layer_starts_as_the_models_last_layer_under_a_ridge_head_fitted_to_it(
+    tiny_base: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch, start_layer: int | None
+) -> None:
+    """By default the exit layer at depth 3 starts with the weights of the model's last layer (as asked, of
+    its own), in a copy of the layer at its own position, and the head starts at the ridge solution on
+    what that started layer gives, not on the plain cut's states. Learning rates 0: the start is what comes back."""
+    monkeypatch.setattr(adapt_module, "LAYER_LEARNING_RATE", 0.0)
+    monkeypatch.setattr(adapt_module, "LEARNING_RATE", 0.0)
+    teacher = Matryoshka2DEncoder(tiny_base)
+    loaded = teacher.loaded_model
+    texts = sentences[:60]
+    queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, 0)
+    (rows,) = _pooled_rows(teacher, texts, queries, sources, [3], 6, 0, False, {}).values()
+    asked = _query_side(teacher, texts, queries, sources)[0]
+    training = Training("ridge", ("cosine",), 8, 1, 0, 0.05, 4)
+    everything = torch.ones_like(rows.held)
+    (layer,), head, through = fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, ranked=everything, start_layer=start_layer)
+    start = loaded.layers[len(loaded.layers) - 1 if start_layer is None else start_layer - 1]
+    assert len(loaded.layers) > 3 and layer is not start
+    assert all(torch.equal(weight, start.state_dict()[name]) for name, weight in layer.state_dict().items())
+    expected = fit_ridge(*through.side(fitting=True).pointwise("shared"), *through.side(fitting=False).pointwise("shared"))
+    plain = fit_ridge(*rows.side(fitting=True).pointwise("shared"), *rows.side(fitting=False).pointwise("shared"))
+    inputs = torch.cat([through.documents, through.queries])
+    with torch.no_grad():
+        assert float((head(inputs) - expected(inputs)).abs().max()) < 1e-3  # about 6e-5
+        if start_layer is None:  # the plain cut's states would have given another head
+            assert float((plain(inputs) - expected(inputs)).abs().max()) > 1e-3  # about 8e-3
+    with pytest.raises(ValueError, match=r"start_layer must be .*\[1, 4\]"):
+        fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, start_layer=5)
+
+
+def test_an_exit_layer_at_depth_1_of_a_modernbert_starts_as_its_last_layer_where_the_modules_match(
+    minilm_path: Path, sentences: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ModernBERT's first layer has no attention norm, its others have one: the exit layer at depth 1 takes
+    every other weight of the last layer, and the folder loads and runs it."""
+    build_tiny_model(tmp_path / "modernbert", "modernbert", minilm_path, pooling="mean")
+    monkeypatch.setattr(adapt_module, "LAYER_LEARNING_RATE", 0.0)
+    adapt(tmp_path / "modernbert", sentences[:40], tmp_path / "out", layers=[1], exit_layers=[1], layer_epochs=1)
+    adapted = Matryoshka2DEncoder(tmp_path / "out", num_layers=1)
+    layer, last = adapted.loaded_model.exit_heads.layers[1].state_dict(), Matryoshka2DEncoder(tmp_path / "modernbert").loaded_model.layers[-1].state_dict()
+    assert "attn_norm.weight" in last and "attn_norm.weight" not in layer
+    assert layer.keys() < last.keys() and all(torch.equal(weight, last[name]) for name, weight in layer.items())
+    assert np.isfinite(adapted.encode_documents(TEXTS)).all()
 
 
 def test_the_exit_layer_or_the_head_whichever_keeps_the_teachers_rankings() -> None:

@@ -9,6 +9,7 @@ from mm2d_integrations.cli.options import add_encoder_options, progress
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.training.adapt import (
     EPOCHS,
+    EXIT_LAYER_STARTS,
     HEAD_SIDES,
     LAYER_EPOCHS,
     LOSSES,
@@ -36,9 +37,14 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="depths to adapt (default: every depth below full)")
     parser.add_argument(
         "--exit-layers", type=_depths, nargs="+", default=None, metavar="DEPTH",
-        help="depths that get an exit layer, a retrained last layer plus a linear head (default: one tried at the middle depth and kept "
+        help="depths that get an exit layer, a retrained layer run instead of the last plus a linear head (default: one tried at the middle depth and kept "
         "where it ranks held-out text better than a head; 'none': heads only, about 2.5 times faster). On SciFact's 5,183 abstracts "
-        "MiniLM keeps 89%% of full nDCG@10 at 3 of 6 layers with it, 74%% with a head; on a few hundred texts the head may win (docs/adapt.md)",
+        "MiniLM keeps 93%% of full nDCG@10 at 3 of 6 layers with it, 74%% with a head; on a few hundred texts the head may win (docs/adapt.md)",
+    )
+    parser.add_argument(
+        "--exit-layer-start", choices=EXIT_LAYER_STARTS, default="last",
+        help="the weights an exit layer starts from: the model's last layer (default; keeps text unlike the corpus far better) "
+        "or the layer it replaces (docs/adapt.md)",
     )
     parser.add_argument("--method", choices=METHODS, default="auto", help="head kind at the other depths; auto keeps the best on held-out text (default)")
     parser.add_argument(
@@ -67,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     report = adapt(
         args.model or default_model(), texts, args.out, layers=args.layers, exit_layers=_exit_layers(args.exit_layers), method=args.method,
         loss=args.loss, sides=args.sides, pseudo_queries=args.pseudo_queries, temperature=args.temperature, top_k=args.top_k,
-        max_texts=args.max_texts, epochs=args.epochs, layer_epochs=args.layer_epochs, mlp_hidden=args.mlp_hidden, seed=args.seed,
+        max_texts=args.max_texts, epochs=args.epochs, layer_epochs=args.layer_epochs, exit_layer_start=args.exit_layer_start, mlp_hidden=args.mlp_hidden, seed=args.seed,
         batch_size=args.batch_size or 32, device=args.device, show_progress=progress(args),
     )
     print(format_adapt_report(report))

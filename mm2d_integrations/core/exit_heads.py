@@ -12,9 +12,10 @@ A depth may have two heads, one for each side (`mm2d adapt --sides per-side`): t
 `mm2d-exit-heads/2`, so that a reader that knows only one head per depth refuses it instead of giving
 queries the document head; a folder with one head per depth stays `mm2d-exit-heads/1`.
 
-A depth may also have an **exit layer** (`mm2d adapt --exit-layers`, by default at the middle depth): a retrained copy of that depth's
-last transformer layer that runs instead of it when the model is cut there (tensors `layer<depth>.*`,
-described under `layers`). The base layers stay as they were, so full depth and every depth without an
+A depth may also have an **exit layer** (`mm2d adapt --exit-layers`, by default at the middle depth): a
+retrained layer (started as the model's last, by default) that runs instead of that depth's last
+transformer layer when the model is cut there, built as a copy of that layer given its own weights
+(tensors `layer<depth>.*`, described under `layers`). The base layers stay as they were, so full depth and every depth without an
 exit layer give what they gave before. Such a folder is written as format `mm2d-exit-heads/3`.
 """
 

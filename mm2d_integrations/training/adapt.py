@@ -39,7 +39,7 @@ from mm2d_integrations.retrieval.documents import file_kind, load_folder, split_
 
 __all__ = [
     "AGREEMENT_K", "AdaptReport", "BATCH", "DepthResult", "EPOCHS", "HEAD_SIDES", "HELD_OUT_SHARE", "LEARNING_RATE", "LOSSES", "LOW_RANK",
-    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_RANKED_DOCUMENTS", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "LAYER_BATCH", "LAYER_EPOCHS", "LAYER_LEARNING_RATE", "MAX_KEPT_STATES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
+    "MAX_AGREEMENT_QUERIES", "MAX_HELD_OUT", "MAX_RANKED_DOCUMENTS", "MAX_START_DOCUMENTS", "MAX_TEXTS", "METHODS", "MIN_TEXTS", "PSEUDO_QUERIES", "EXIT_LAYER_STARTS", "LAYER_BATCH", "LAYER_EPOCHS", "LAYER_LEARNING_RATE", "MAX_KEPT_STATES", "RANKING_WEIGHT", "RIDGE_PENALTIES", "TEMPERATURE", "TOP_K",
     "Rows", "Training", "adapt", "agreement", "cut_pseudo_queries", "fit_exit_layer", "fit_head", "fit_ridge", "mean_cosine", "read_corpus",
 ]
 
@@ -63,10 +63,12 @@ RANKING_WEIGHT = 0.1  # of a ranking loss beside the cosine loss
 LAYER_EPOCHS = 2  # of an exit layer: the second epoch is worth its time, the first alone leaves SciFact below 85% (docs/adapt.md)
 LAYER_LEARNING_RATE = 3e-4  # of the exit layer (its head: LEARNING_RATE)
 LAYER_BATCH = (16, 96)  # texts and pseudo-queries a step
+EXIT_LAYER_STARTS = ("last", "own")  # an exit layer starts as the model's last layer (default: far better on text unlike the corpus, docs/adapt.md) or as the one it replaces
 MAX_KEPT_STATES = 4 << 30  # bytes of token states below an exit layer kept for its training (float32); past it every step runs the frozen layers
 AGREEMENT_K = 10  # held-out agreement: the share of the teacher's top 10 documents that a head's top 10 keeps
 MAX_AGREEMENT_QUERIES = 1_000
 MAX_RANKED_DOCUMENTS = 1_000  # at a depth with an exit layer: the held-out queries rank the held-out texts and fitting ones up to this many
+MAX_START_DOCUMENTS = 1_500  # an exit layer's head starts at the ridge solution on the held-out texts and fitting ones up to this many, through the started layer
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,11 @@ class Rows:
             renumber[self.query_sources[kept_queries]], self.held[keep],
         )
 
-    def ranked(self, seed: int) -> torch.Tensor:
-        """What an exit layer and a head are compared on: the held-out documents, and fitting ones drawn
-        at random up to `MAX_RANKED_DOCUMENTS` in all (running the whole corpus through the layer would cost another pass)."""
+    def held_and_drawn(self, seed: int, total: int) -> torch.Tensor:
+        """The held-out documents, and fitting ones drawn at random up to `total` in all: what goes through an
+        exit layer where the whole corpus would cost another pass (what it and a head are compared on, what its head starts from)."""
         fitting = torch.nonzero(~self.held).flatten()
-        room = max(0, MAX_RANKED_DOCUMENTS - int(self.held.sum()))
+        room = max(0, total - int(self.held.sum()))
         keep = self.held.clone()
         keep[fitting[torch.randperm(len(fitting), generator=torch.Generator().manual_seed(seed))[:room]]] = True
         return keep
@@ -228,6 +230,7 @@ def adapt(
     max_texts: int | None = MAX_TEXTS,
     epochs: int = EPOCHS,
     layer_epochs: int = LAYER_EPOCHS,
+    exit_layer_start: str = "last",
     mlp_hidden: int | None = None,
     seed: int = 0,
     batch_size: int = 32,
@@ -238,17 +241,18 @@ def adapt(
     layer at each of `exit_layers`, a head elsewhere. By default an exit layer is tried at the middle
     depth (full // 2, when among `layers`) and kept where it ranks the held-out texts better than the head; empty: none.
 
-    An exit layer (a retrained copy of the depth's last layer run instead of it, plus a linear head,
-    trained `layer_epochs` epochs to the teacher's vectors and rankings of the texts and pseudo-queries)
-    keeps rankings far better than a head where there is text enough: on SciFact, MiniLM at 3 of 6 layers
-    keeps 89% of its nDCG@10 against 74% with a head, and adapting the 5,183 abstracts at every depth
-    takes 14.3 minutes on 2 cores against 5 for heads alone (docs/adapt.md). Elsewhere `method` picks the head kind, `loss` what the
+    An exit layer (a layer run instead of the depth's last, started as the model's last layer, or as
+    the one it replaces with `exit_layer_start="own"`, plus a linear head, trained `layer_epochs`
+    epochs to the teacher's vectors and rankings of the texts and pseudo-queries) keeps rankings far
+    better than a head where there is text enough: on SciFact, MiniLM at 3 of 6 layers keeps 93% of its
+    nDCG@10 against 74% with a head, and 95.5% of its STS dev score, adapted on the 5,183 abstracts alone
+    at every depth in about 15 minutes on 2 cores against 5 for heads alone (docs/adapt.md). Elsewhere `method` picks the head kind, `loss` what the
     trained kinds learn (cosine to the teacher, plus the teacher's in-batch similarities or its listwise
     ranking of its `top_k` nearest documents, at `temperature`), `sides` whether queries get a head of
     their own (an exit layer serves both), `pseudo_queries` how many are cut from each text; "auto"
     tries each and keeps what agrees best with the teacher's rankings on held-out text."""
     started = time.perf_counter()
-    for name, value, allowed in (("method", method, METHODS), ("loss", loss, LOSSES), ("sides", sides, HEAD_SIDES)):
+    for name, value, allowed in (("method", method, METHODS), ("loss", loss, LOSSES), ("sides", sides, HEAD_SIDES), ("exit_layer_start", exit_layer_start, EXIT_LAYER_STARTS)):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     check_int_in_range("epochs", epochs, 1, 10_000)
@@ -292,9 +296,10 @@ def adapt(
     for depth in depths:
         heads[depth], query_head, report.depths[depth] = fit_head(rows[depth], training, sides)
         if depth in layered:
-            ranked = rows[depth].ranked(seed)
+            ranked = rows[depth].held_and_drawn(seed, MAX_RANKED_DOCUMENTS)
             (layer,), layer_head, through = fit_exit_layer(
-                teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked, show_progress
+                teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked, show_progress,
+                start_layer=full if exit_layer_start == "last" else depth,
             )
             report.depths[depth] = _layer_or_head(
                 rows[depth].subset(ranked), through, layer_head, query_head or heads[depth], heads[depth], report.depths[depth], choose
@@ -304,7 +309,7 @@ def adapt(
         if query_head is not None:
             query_heads[depth] = query_head
     choices = {
-        "exit_layers": layered, "method": method, "loss": loss, "sides": sides, "pseudo_queries": pseudo_queries, "temperature": temperature, "top_k": top_k,
+        "exit_layers": layered, "exit_layer_start": exit_layer_start, "method": method, "loss": loss, "sides": sides, "pseudo_queries": pseudo_queries, "temperature": temperature, "top_k": top_k,
     }
     _write_folder(teacher, heads, query_heads, report, out, choices, trained_layers)
     report.seconds = time.perf_counter() - started
@@ -573,9 +578,13 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
 def fit_exit_layer(
     teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], asked: list[str], training: Training, epochs: int = LAYER_EPOCHS,
     replay: _Replay | None = None, ranked: torch.Tensor | None = None, show_progress: bool = False, retrained: int = 1,
+    start_layer: int | None = None,
 ) -> tuple[list[torch.nn.Module], ExitHead, Rows]:
     """A retrained copy of layer `depth` (of its last `retrained` layers: all `depth` of them make a
-    distilled student) and a linear head after pooling, trained together (the base layers below stay
+    distilled student), the last one started from the weights of base layer `start_layer` (default the
+    model's last: it already writes into the teacher's space, and keeps text unlike the corpus far better
+    than the layer it replaces), and a linear head after pooling (started at the ridge solution on what
+    the started layers give, for the held-out texts and up to `MAX_START_DOCUMENTS` in all), trained together (the base layers below stay
     frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
     `RANKING_WEIGHT` times the KL divergence from the teacher's softmax over documents to the student's
     for each pseudo-query, twice: over every document at full depth (cross depth) and over the batch's
@@ -587,18 +596,34 @@ def fit_exit_layer(
     check_int_in_range("retrained", retrained, 1, depth)
     if replay is not None and retrained != 1:
         raise ValueError("a replay holds the output of every layer but the last: it serves one retrained layer")
-    fitting, held = rows.side(fitting=True), rows.side(fitting=False)
-    head = fit_ridge(*fitting.pointwise("shared"), *held.pointwise("shared"))
     loaded = teacher.loaded_model
+    start_layer = len(loaded.layers) if start_layer is None else check_int_in_range("start_layer", start_layer, 1, len(loaded.layers))
+    fitting = rows.side(fitting=True)
     loaded.model.requires_grad_(False)  # frozen: no graph through the layers below (inference never needs one)
-    layers = [copy.deepcopy(loaded.layers[index]).requires_grad_(True) for index in range(depth - retrained, depth)]
-    head.requires_grad_(True)
+    # copies of the layers at their own positions (what a folder's exit layer is built as), the last given the start's weights
+    # where its module has them alike (ModernBERT's first layer has no attention norm: it keeps its own there)
+    layers = [copy.deepcopy(loaded.layers[index]) for index in range(depth - retrained, depth)]
+    own = layers[-1].state_dict()
+    start = {name: weight for name, weight in loaded.layers[start_layer - 1].state_dict().items() if name in own and own[name].shape == weight.shape}
+    layers[-1].load_state_dict(start, strict=False)
     view = shallow_view(loaded.model, loaded.stack, depth, layers)
     documents, fitting_queries = _texts_of(rows, texts, asked, ~rows.held)
     replay = replay if replay is not None and replay.states is not None else None
     trained = view if replay is None else shallow_view(loaded.model, loaded.stack, depth, layers, below=replay)
     # bfloat16 products where the device runs them natively (about 1.5 times faster on a recent cpu); float32 elsewhere
     products = torch.autocast(teacher.device.type, dtype=torch.bfloat16, enabled=bf16_supported(teacher.device))
+
+    def pooled(batch: list[str], prompt: str) -> torch.Tensor:
+        if replay is not None:
+            replay.load(teacher.tokenize(batch, prompt))
+        with products:
+            return teacher.pooled_through(trained, batch, prompt).float()
+
+    # the ridge head maps what the started layers give: the plain cut's pooled states where they are the depth's own
+    started = rows if start_layer == depth else _pooled_through(teacher, pooled, rows, texts, asked, rows.held_and_drawn(training.seed, MAX_START_DOCUMENTS))
+    head = fit_ridge(*started.side(fitting=True).pointwise("shared"), *started.side(fitting=False).pointwise("shared"))
+    for module in (*layers, head):
+        module.requires_grad_(True)
     rates = (LAYER_LEARNING_RATE, LEARNING_RATE)
     weights = [weight for layer in layers for weight in layer.parameters()]
     optimiser = torch.optim.Adam([{"params": weights, "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}])
@@ -609,11 +634,7 @@ def fit_exit_layer(
     order = torch.cat([torch.randperm(len(documents), generator=generator) for _ in range(epochs)])
 
     def vectors(batch: list[str], prompt: str) -> torch.Tensor:
-        if replay is not None:
-            replay.load(teacher.tokenize(batch, prompt))
-        with products:
-            pooled = teacher.pooled_through(trained, batch, prompt)
-        return torch.nn.functional.normalize(head(pooled.float()), dim=1)
+        return torch.nn.functional.normalize(head(pooled(batch, prompt)), dim=1)
 
     def ranking(student: torch.Tensor, targets: torch.Tensor, documents: torch.Tensor, document_targets: torch.Tensor) -> torch.Tensor:
         teacher_scores = torch.log_softmax(targets @ document_targets.T / training.temperature, 1)
@@ -638,7 +659,9 @@ def fit_exit_layer(
     for layer in layers:
         layer.requires_grad_(False)
     head.eval().requires_grad_(False)
-    return layers, head, _pooled_through(teacher, view, rows, texts, asked, rows.held if ranked is None else ranked)
+    return layers, head, _pooled_through(
+        teacher, lambda batch, prompt: teacher.pooled_through(view, batch, prompt), rows, texts, asked, rows.held if ranked is None else ranked
+    )
 
 
 class _Replay(torch.nn.Module):
@@ -698,17 +721,23 @@ def _keeping(teacher: Matryoshka2DEncoder, replays: dict[int, _Replay]) -> Itera
 
 
 @torch.no_grad()
-def _pooled_through(teacher: Matryoshka2DEncoder, view: torch.nn.Module, rows: Rows, texts: list[str], asked: list[str], keep: torch.Tensor) -> Rows:
-    """`rows.subset(keep)` with its documents and queries pooled through `view` (an exit layer's depth) instead."""
+def _pooled_through(
+    teacher: Matryoshka2DEncoder, pooled: Callable[[list[str], str], torch.Tensor], rows: Rows, texts: list[str], asked: list[str], keep: torch.Tensor
+) -> Rows:
+    """`rows.subset(keep)` with its documents and queries pooled by `pooled` (a batch of texts and their
+    prompt: through an exit layer's depth) instead."""
     documents, queries = _texts_of(rows, texts, asked, keep)
     batch = 64
 
-    def pooled(batch_texts: list[str], prompt: str) -> torch.Tensor:
-        if not batch_texts:
-            return torch.empty(0, rows.documents.shape[1])
-        return torch.cat([teacher.pooled_through(view, batch_texts[i : i + batch], prompt) for i in range(0, len(batch_texts), batch)])
+    def each(batch_texts: list[str], prompt: str) -> torch.Tensor:
+        vectors = torch.empty(len(batch_texts), rows.documents.shape[1])
+        order = sorted(range(len(batch_texts)), key=lambda index: len(batch_texts[index]))  # batches of like length: little padding
+        for start in range(0, len(order), batch):
+            picked = order[start : start + batch]
+            vectors[picked] = pooled([batch_texts[index] for index in picked], prompt)
+        return vectors
 
-    return replace(rows.subset(keep), documents=pooled(documents, teacher.document_prompt), queries=pooled(queries, teacher.query_prompt))
+    return replace(rows.subset(keep), documents=each(documents, teacher.document_prompt), queries=each(queries, teacher.query_prompt))
 
 
 def _layer_or_head(
