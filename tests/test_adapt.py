@@ -594,16 +594,21 @@ def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
         np.testing.assert_allclose(kept[name], run[name], atol=2e-3, err_msg=name)
 
 
+def _exit_layer_inputs(teacher: Matryoshka2DEncoder, texts: list[str], depth: int) -> tuple[Rows, list[str], Training]:
+    """What `fit_exit_layer` takes beside the teacher and texts, as adapt builds it: the rows at `depth`
+    (a tenth of the texts held out), the query-side texts, and a short training."""
+    queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, 0)
+    (rows,) = _pooled_rows(teacher, texts, queries, sources, [depth], len(texts) // 10, 0, False, {}).values()
+    return rows, _query_side(teacher, texts, queries, sources)[0], Training("ridge", ("cosine",), 8, 1, 0, 0.05, 4)
+
+
 def test_a_distilled_student_retrains_every_layer_of_its_depth_and_leaves_the_base_alone(tiny_base: Path, sentences: list[str]) -> None:
     """`fit_exit_layer(..., retrained=depth)` (the benchmark's distilled student): copies of all the depth's
     layers are trained, in place of the base ones in its view, and not one base weight moves."""
     teacher = Matryoshka2DEncoder(tiny_base)
     loaded = teacher.loaded_model
     texts = sentences[:40]
-    queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, 0)
-    (rows,) = _pooled_rows(teacher, texts, queries, sources, [2], 4, 0, False, {}).values()
-    asked = _query_side(teacher, texts, queries, sources)[0]
-    training = Training("ridge", ("cosine",), 8, 1, 0, 0.05, 4)
+    rows, asked, training = _exit_layer_inputs(teacher, texts, 2)
     base = {name: weight.clone() for name, weight in loaded.model.state_dict().items()}
     before = teacher.encode_documents(TEXTS)
     layers, _, through = fit_exit_layer(teacher, 2, rows, texts, asked, training, 1, retrained=2)
@@ -636,10 +641,7 @@ def test_an_exit_layer_starts_as_the_models_last_layer_under_a_ridge_head_fitted
     teacher = Matryoshka2DEncoder(tiny_base)
     loaded = teacher.loaded_model
     texts = sentences[:60]
-    queries, sources = cut_pseudo_queries(texts, PSEUDO_QUERIES, 0)
-    (rows,) = _pooled_rows(teacher, texts, queries, sources, [3], 6, 0, False, {}).values()
-    asked = _query_side(teacher, texts, queries, sources)[0]
-    training = Training("ridge", ("cosine",), 8, 1, 0, 0.05, 4)
+    rows, asked, training = _exit_layer_inputs(teacher, texts, 3)
     everything = torch.ones_like(rows.held)
     (layer,), head, through = fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, ranked=everything, start_layer=start_layer)
     start = loaded.layers[len(loaded.layers) - 1 if start_layer is None else start_layer - 1]
