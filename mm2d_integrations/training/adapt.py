@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mm2d_integrations.core.encoder import Matryoshka2DEncoder
+from mm2d_integrations.core.encoder import Matryoshka2DEncoder, token_budget_batches
 from mm2d_integrations.core.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead, save_exit_heads
 from mm2d_integrations.core.folders import check_new_folder, staged_folder
 from mm2d_integrations.core.loading import shallow_view
@@ -731,9 +731,7 @@ def _pooled_through(
 
     def each(batch_texts: list[str], prompt: str) -> torch.Tensor:
         vectors = torch.empty(len(batch_texts), rows.documents.shape[1])
-        order = sorted(range(len(batch_texts)), key=lambda index: len(batch_texts[index]))  # batches of like length: little padding
-        for start in range(0, len(order), batch):
-            picked = order[start : start + batch]
+        for picked in token_budget_batches([len(text) for text in batch_texts], batch, None):  # batches of like length: little padding
             vectors[picked] = pooled([batch_texts[index] for index in picked], prompt)
         return vectors
 
