@@ -129,8 +129,9 @@ def distill_student(
     (rows,) = _pooled_rows(teacher, texts, queries, sources, [depth], held_out, seed, False, {}).values()
     training = Training("auto", ("cosine",), 4 * teacher.max_dimensions, EPOCHS, seed, TEMPERATURE, TOP_K)
     asked = _query_side(teacher, texts, queries, sources)[0]
-    start_layer = depth if exit_layer_start == "own" else None
-    layers, head, _ = fit_exit_layer(teacher, depth, rows, texts, asked, training, epochs, retrained=depth, show_progress=True, start_layer=start_layer)
+    layers, head, _ = fit_exit_layer(
+        teacher, depth, rows, texts, asked, training, epochs, retrained=depth, show_progress=True, exit_layer_start=exit_layer_start
+    )
     loaded = teacher.loaded_model
     return shallow_view(loaded.model, loaded.stack, depth, layers), head
 

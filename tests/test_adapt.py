@@ -629,9 +629,9 @@ def test_a_distilled_student_retrains_every_layer_of_its_depth_and_leaves_the_ba
         shallow_view(loaded.model, loaded.stack, 2, [*layers, layers[0]])
 
 
-@pytest.mark.parametrize("start_layer", [None, 3])
+@pytest.mark.parametrize("exit_layer_start", ["last", "own"])
 def test_an_exit_layer_starts_as_the_models_last_layer_under_a_ridge_head_fitted_to_it(
-    tiny_base: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch, start_layer: int | None
+    tiny_base: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch, exit_layer_start: str
 ) -> None:
     """By default the exit layer at depth 3 starts with the weights of the model's last layer (as asked, of
     its own), in a copy of the layer at its own position, and the head starts at the ridge solution on
@@ -643,8 +643,8 @@ def test_an_exit_layer_starts_as_the_models_last_layer_under_a_ridge_head_fitted
     texts = sentences[:60]
     rows, asked, training = _exit_layer_inputs(teacher, texts, 3)
     everything = torch.ones_like(rows.held)
-    (layer,), head, through = fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, ranked=everything, start_layer=start_layer)
-    start = loaded.layers[len(loaded.layers) - 1 if start_layer is None else start_layer - 1]
+    (layer,), head, through = fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, ranked=everything, exit_layer_start=exit_layer_start)
+    start = loaded.layers[len(loaded.layers) - 1 if exit_layer_start == "last" else 2]
     assert len(loaded.layers) > 3 and layer is not start
     assert all(torch.equal(weight, start.state_dict()[name]) for name, weight in layer.state_dict().items())
     expected = fit_ridge(*through.side(fitting=True).pointwise("shared"), *through.side(fitting=False).pointwise("shared"))
@@ -652,10 +652,10 @@ def test_an_exit_layer_starts_as_the_models_last_layer_under_a_ridge_head_fitted
     inputs = torch.cat([through.documents, through.queries])
     with torch.no_grad():
         assert float((head(inputs) - expected(inputs)).abs().max()) < 1e-3  # about 6e-5
-        if start_layer is None:  # the plain cut's states would have given another head
+        if exit_layer_start == "last":  # the plain cut's states would have given another head
             assert float((plain(inputs) - expected(inputs)).abs().max()) > 1e-3  # about 8e-3
-    with pytest.raises(ValueError, match=r"start_layer must be .*\[1, 4\]"):
-        fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, start_layer=5)
+    with pytest.raises(ValueError, match="exit_layer_start must be one of last, own, got 'first'"):
+        fit_exit_layer(teacher, 3, rows, texts, asked, training, 1, exit_layer_start="first")
 
 
 def test_an_exit_layer_at_depth_1_of_a_modernbert_starts_as_its_last_layer_where_the_modules_match(

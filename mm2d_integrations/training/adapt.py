@@ -299,7 +299,7 @@ def adapt(
             ranked = rows[depth].held_and_drawn(seed, MAX_RANKED_DOCUMENTS)
             (layer,), layer_head, through = fit_exit_layer(
                 teacher, depth, rows[depth], texts, asked, training, layer_epochs, replays.pop(depth, None), ranked, show_progress,
-                start_layer=full if exit_layer_start == "last" else depth,
+                exit_layer_start=exit_layer_start,
             )
             report.depths[depth] = _layer_or_head(
                 rows[depth].subset(ranked), through, layer_head, query_head or heads[depth], heads[depth], report.depths[depth], choose
@@ -578,17 +578,18 @@ def _similarities(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
 def fit_exit_layer(
     teacher: Matryoshka2DEncoder, depth: int, rows: Rows, texts: list[str], asked: list[str], training: Training, epochs: int = LAYER_EPOCHS,
     replay: _Replay | None = None, ranked: torch.Tensor | None = None, show_progress: bool = False, retrained: int = 1,
-    start_layer: int | None = None,
+    exit_layer_start: str = "last",
 ) -> tuple[list[torch.nn.Module], ExitHead, Rows]:
     """A retrained copy of layer `depth` (of its last `retrained` layers: all `depth` of them make a
-    distilled student), the last one started from the weights of base layer `start_layer` (default the
-    model's last: it already writes into the teacher's space, and keeps text unlike the corpus far better
-    than the layer it replaces), and a linear head after pooling (started at the ridge solution on what
-    the started layers give, for the held-out texts and up to `MAX_START_DOCUMENTS` in all), trained together (the base layers below stay
-    frozen) to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
+    distilled student), the last one started from the weights of the model's last layer
+    (`exit_layer_start` "last", the default: it already writes into the teacher's space, and keeps text
+    unlike the corpus far better than the layer it replaces) or of its own ("own"), and a linear head
+    after pooling (started at the ridge solution on what the started layers give, for the held-out
+    texts and up to `MAX_START_DOCUMENTS` in all), trained together (the base layers below stay frozen)
+    to give the teacher's full-depth vectors of the texts and pseudo-queries, plus
     `RANKING_WEIGHT` times the KL divergence from the teacher's softmax over documents to the student's
     for each pseudo-query, twice: over every document at full depth (cross depth) and over the batch's
-    documents through the layer (same depth). Starts at the base layer and the ridge head; `epochs`
+    documents through the layer (same depth). `epochs`
     epochs, Adam (the layer at `LAYER_LEARNING_RATE`, the head at `LEARNING_RATE`), one-cycle. The layers
     below run once, in the teacher's pass, not once a step, where `replay` kept their output within its
     budget (the output of the first `depth` - 1 layers: one layer retrained). Also returns the documents
@@ -597,7 +598,9 @@ def fit_exit_layer(
     if replay is not None and retrained != 1:
         raise ValueError("a replay holds the output of every layer but the last: it serves one retrained layer")
     loaded = teacher.loaded_model
-    start_layer = len(loaded.layers) if start_layer is None else check_int_in_range("start_layer", start_layer, 1, len(loaded.layers))
+    if exit_layer_start not in EXIT_LAYER_STARTS:
+        raise ValueError(f"exit_layer_start must be one of {', '.join(EXIT_LAYER_STARTS)}, got {exit_layer_start!r}")
+    start_layer = len(loaded.layers) if exit_layer_start == "last" else depth
     fitting = rows.side(fitting=True)
     loaded.model.requires_grad_(False)  # frozen: no graph through the layers below (inference never needs one)
     # copies of the layers at their own positions (what a folder's exit layer is built as), the last given the start's weights
