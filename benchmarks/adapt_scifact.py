@@ -35,7 +35,6 @@ import torch
 
 from mm2d_integrations import Matryoshka2DEncoder
 from mm2d_integrations.core.checkpoint import default_model
-from mm2d_integrations.core.encoder import token_budget_batches
 from mm2d_integrations.core.exit_heads import ExitHead
 from mm2d_integrations.core.loading import shallow_view
 from mm2d_integrations.core.runtime import bf16_supported
@@ -138,12 +137,8 @@ def distill_student(
 
 @torch.no_grad()
 def student_vectors(teacher: Matryoshka2DEncoder, student: torch.nn.Module, head: ExitHead, texts: list[str], prompt: str) -> np.ndarray:
-    """Unit vectors of `texts` through the student and its head, in batches sorted by length."""
-    vectors = np.empty((len(texts), teacher.max_dimensions), np.float32)
-    for picked in token_budget_batches([len(text) for text in texts], 64, None):
-        pooled = teacher.pooled_through(student, [texts[index] for index in picked], prompt)
-        vectors[picked] = torch.nn.functional.normalize(head(pooled), dim=1).numpy()
-    return vectors
+    """Unit vectors of `texts` through the student and its head."""
+    return torch.nn.functional.normalize(head(teacher.pooled_through(student, texts, prompt)), dim=1).numpy()
 
 
 def score_student(

@@ -569,11 +569,25 @@ def test_the_layers_below_an_exit_layer_replayed_give_what_running_them_gives(ti
     real, replayed = shallow_view(loaded.model, loaded.stack, depth), shallow_view(loaded.model, loaded.stack, depth, below=replay)
     with torch.no_grad():
         for batch, prompt in ((texts[:16], ""), (texts[20:23], ""), (texts[:4], "query: ")):
-            replay.load(encoder.tokenize(batch, prompt))
-            torch.testing.assert_close(encoder.pooled_through(replayed, batch, prompt), encoder.pooled_through(real, batch, prompt), atol=1e-5, rtol=0)
-        replay.load(encoder.tokenize(texts[:2], ""))
+            torch.testing.assert_close(
+                encoder.pooled_through(replayed, batch, prompt, before_batch=replay.load), encoder.pooled_through(real, batch, prompt), atol=1e-5, rtol=0
+            )
         with pytest.raises(RuntimeError, match="not those of the batch running"):
-            encoder.pooled_through(replayed, texts[:3], "")
+            encoder.pooled_through(replayed, texts[:3], "", before_batch=lambda token_ids: replay.load(token_ids[:2]))
+
+
+def test_a_pass_through_an_exit_layers_depth_runs_batches_of_like_length_and_keeps_the_texts_order(tiny_base: Path, sentences: list[str]) -> None:
+    """A random training batch of pseudo-queries padded to its longest is mostly padding: it runs as the encoder's passes do."""
+    encoder = Matryoshka2DEncoder(tiny_base, batch_size=4)
+    loaded = encoder.loaded_model
+    texts = [*sentences[:9], " ".join(sentences[9:14]), "ok"]
+    seen: list[list[int]] = []
+    pooled = encoder.pooled_through(shallow_view(loaded.model, loaded.stack, 2), texts, "query: ", before_batch=lambda token_ids: seen.append([len(ids) for ids in token_ids]))
+    np.testing.assert_allclose(pooled.detach().numpy(), encoder.pooled_layerwise(texts, [2], prompt="query: ")[2], atol=1e-5)
+    lengths = [length for batch in seen for length in batch]
+    assert sorted(lengths, reverse=True) == lengths == sorted((len(ids) for ids in encoder.tokenize(texts, "query: ")), reverse=True)
+    assert [len(batch) for batch in seen] == [4, 4, 3]
+    assert encoder.pooled_through(loaded.model, [], "query: ").shape == (0, loaded.hidden_size)
 
 
 def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
@@ -583,11 +597,13 @@ def test_an_exit_layer_trains_alike_with_the_layers_below_kept_or_run_each_step(
     load = _Replay.load
     monkeypatch.setattr(_Replay, "load", lambda self, token_ids: (loads.append(len(token_ids)), load(self, token_ids))[1])
     adapt(tiny_base, sentences[:40], tmp_path / "kept", layers=[3], exit_layers=[3], layer_epochs=1)
-    # the head's start (the 40 texts, then their 74 pseudo-queries, 64 a batch), then texts and pseudo-queries at each of the 3 steps (36 texts, 16 a step)
-    assert loads == [40, 64, 10] + [16, 96] * 2 + [4, 96]
+    # batches of at most 32 (the encoder's batch_size): the head's start (the 40 texts, then their 74 pseudo-queries), texts and pseudo-
+    # queries at each of the 3 steps (36 texts, 16 a step; 96 queries), then the ranked pass in float32 (the 40 texts and 74 queries again)
+    everything = [32, 8, 32, 32, 10]
+    assert loads == everything + [16, 32, 32, 32] * 2 + [4, 32, 32, 32] + everything
     monkeypatch.setattr(adapt_module, "MAX_KEPT_STATES", 0)  # too little room: every step runs the layers below
     adapt(tiny_base, sentences[:40], tmp_path / "run", layers=[3], exit_layers=[3], layer_epochs=1)
-    assert len(loads) == 9
+    assert len(loads) == len(everything) + 12 + len(everything)  # the second run kept nothing
     kept, run = load_file(tmp_path / "kept" / HEADS_FILE), load_file(tmp_path / "run" / HEADS_FILE)
     assert kept.keys() == run.keys()
     for name in kept:

@@ -469,15 +469,29 @@ class Matryoshka2DEncoder:
         truncated to max_length)."""
         return self._token_ids([prompt + text for text in texts])
 
-    def pooled_through(self, model: torch.nn.Module, texts: Sequence[str], prompt: str = "") -> torch.Tensor:
-        """Pooled states of `texts` (one batch, `prompt` before each) from `model`, a view of this encoder's
+    def pooled_through(
+        self, model: torch.nn.Module, texts: Sequence[str], prompt: str = "", *, before_batch: Callable[[list[list[int]]], None] | None = None
+    ) -> torch.Tensor:
+        """Pooled states of `texts` (`prompt` before each) from `model`, a view of this encoder's
         transformer (`loaded_model.cut`, or one with a layer being trained), with autograd on: what
-        `mm2d adapt` trains an exit layer through."""
+        `mm2d adapt` trains an exit layer through. Run in batches of like length as `pooled_layerwise`
+        runs them (a random batch of short texts padded to its longest is mostly padding), rows in the
+        order of `texts`; `before_batch` is told each batch's token ids before it runs."""
         token_ids = self.tokenize(texts, prompt)
         skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
-        input_ids, attention_mask = self._pad(token_ids)
-        hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden.float(), _pooling_mask(attention_mask, skipped), self.pooling)
+        batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
+        pooled = []
+        for batch in batches:
+            batch_ids = [token_ids[index] for index in batch]
+            if before_batch is not None:
+                before_batch(batch_ids)
+            input_ids, attention_mask = self._pad(batch_ids)
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled.append(pool(hidden.float(), _pooling_mask(attention_mask, skipped), self.pooling))
+        if not pooled:
+            return torch.empty(0, self._loaded.hidden_size, device=self.device)
+        order = torch.tensor([index for batch in batches for index in batch], device=self.device)
+        return torch.cat(pooled)[torch.argsort(order)]
 
     def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: list[int]) -> dict[int, torch.Tensor]:
         """{kept: hidden state after that many layers (the architecture's final norm applied)} from one
