@@ -28,7 +28,7 @@ import numpy as np
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import EncoderRecipe, Matryoshka2DEncoder
 from mm2d_integrations.core.options import EncoderOptions
-from mm2d_integrations.core.validation import check_int_in_range, install_hint
+from mm2d_integrations.core.validation import check_choice, check_int_in_range, install_hint
 from mm2d_integrations.retrieval.store_rules import ClusterUnavailable
 
 try:
@@ -109,8 +109,7 @@ def embed_dataset(
     embedding `batch_size` rows per call. Lazy, as Ray Data is: nothing runs until the result is
     consumed (`iter_batches`, `write_parquet` ...).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    check_choice("kind", kind, KINDS)
     if encoder is not None and (model is not None or options is not None or overrides):
         raise ValueError("pass either an encoder or the options to build one, not both")
     columns = dataset.columns()  # from the schema; may read a first block

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from mm2d_integrations.core.source import ModelSource
+from mm2d_integrations.core.validation import check_choice
 
 __all__ = ["FORMAT", "FORMAT_LAYERS", "FORMAT_PER_SIDE", "HEADS_CONFIG", "HEADS_FILE", "KINDS", "SIDES", "ExitHead", "ExitHeads", "read_exit_heads", "save_exit_heads"]
 
@@ -54,8 +55,7 @@ class ExitHead(torch.nn.Module):
 
     def __init__(self, kind: str, width: int, inner: int = 0) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"exit head kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        check_choice("exit head kind", kind, KINDS)
         if kind != "linear" and inner < 1:
             raise ValueError(f"a {kind} exit head needs an inner width >= 1, got {inner!r}")
         self.kind, self.inner = kind, inner if kind != "linear" else 0
@@ -92,8 +92,7 @@ class ExitHeads:
 
     def head(self, depth: int, side: str = "document") -> ExitHead | None:
         """The head that maps `side`'s pooled vectors at `depth`: a query head of its own, else the shared one."""
-        if side not in SIDES:
-            raise ValueError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
+        check_choice("side", side, SIDES)
         return (self.query_heads.get(depth) if side == "query" else None) or self.heads.get(depth)
 
     def apply(self, depth: int, pooled: torch.Tensor, side: str = "document") -> torch.Tensor:

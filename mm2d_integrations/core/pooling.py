@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from mm2d_integrations.core.validation import check_choice
+
 __all__ = ["POOLING_MODES", "check_pooling", "pool", "pooling_from_sentence_transformers"]
 
 
@@ -54,8 +56,7 @@ _SENTENCE_TRANSFORMERS_FLAGS = {
 
 
 def check_pooling(pooling: str) -> str:
-    if pooling not in POOLING_MODES:
-        raise ValueError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
+    check_choice("pooling", pooling, POOLING_MODES)
     return pooling
 
 

@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from mm2d_integrations.core.validation import check_choice
+
 __all__ = [
     "BACKENDS", "COMPUTE_PRECISIONS", "DTYPES", "bf16_supported", "dtype_name", "resolve_backend", "resolve_compute_precision",
     "resolve_device", "resolve_dtype",
@@ -61,8 +63,7 @@ def bf16_supported(device: torch.device) -> bool:
 def resolve_compute_precision(precision: str, device: torch.device) -> str:
     """`float32` (exact), `bf16` (autocast: bfloat16 products, float32 weights and pooling) or `int8`
     (int8 linear layers on the cpu, see `int8.py`)."""
-    if precision not in COMPUTE_PRECISIONS:
-        raise ValueError(f"compute_precision must be one of {', '.join(COMPUTE_PRECISIONS)}, got {precision!r}")
+    check_choice("compute_precision", precision, COMPUTE_PRECISIONS)
     if precision == "int8" and device.type != "cpu":
         raise ValueError(f"compute_precision='int8' runs on the cpu, not on {device}; use bf16 there")
     if precision == "bf16" and not bf16_supported(device):
@@ -73,8 +74,7 @@ def resolve_compute_precision(precision: str, device: torch.device) -> str:
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """`torch` (any device) or `onnx` (ONNX Runtime on the cpu, float32 weights)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     if backend == "onnx" and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(f"backend='onnx' runs on the cpu with float32 weights, not on {device} in {dtype_name(dtype)}")
     return backend

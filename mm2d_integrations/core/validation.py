@@ -1,12 +1,12 @@
-"""Checks shared by every layer: ints in range, lists of texts, and the hint for a missing extra."""
+"""Checks shared by every layer: ints in range, one of a set of names, lists of texts, and the hint for a missing extra."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
-__all__ = ["check_int_in_range", "check_text", "check_texts", "install_hint"]
+__all__ = ["check_choice", "check_int_in_range", "check_text", "check_texts", "install_hint"]
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -15,6 +15,13 @@ def check_int_in_range(name: str, value: Any, low: int, high: int) -> int:
     """`value` as an int in [low, high], or a ValueError naming the valid range."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Collection[str]) -> Any:
+    """`value` when it is one of `allowed`, or a ValueError naming them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
 
 

@@ -15,6 +15,7 @@ from mm2d_integrations.chroma import FunnelIndex, chroma_client, has_collection,
 from mm2d_integrations.core.checkpoint import default_model
 from mm2d_integrations.core.encoder import Matryoshka2DEncoder
 from mm2d_integrations.core.options import EncoderOptions
+from mm2d_integrations.core.validation import check_choice
 from mm2d_integrations.rag import FRAMEWORKS, Framework
 from mm2d_integrations.rag.generators import EXTRACTIVE, Answer, ExtractiveAnswerer, Generator
 from mm2d_integrations.rag.indexer import DocumentsInput, IndexReport, exactly_by_default, index_folder, read_input
@@ -173,8 +174,7 @@ def ask(
     """
     if isinstance(funnel, str):
         funnel = Funnel.parse(funnel)
-    if framework not in FRAMEWORKS:
-        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    check_choice("framework", framework, FRAMEWORKS)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     client, encoder, searched = store.open_for_queries(None if funnel is None else funnel.shortlist_dims)

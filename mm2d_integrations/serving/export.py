@@ -22,6 +22,7 @@ from mm2d_integrations.core.exit_heads import ExitHead
 from mm2d_integrations.core.folders import check_new_folder, staged_folder
 from mm2d_integrations.core.options import EncoderOptions
 from mm2d_integrations.core.pooling import pool
+from mm2d_integrations.core.validation import check_choice
 
 __all__ = ["EXPORT_FILE", "EXPORT_PRECISIONS", "FORMATS", "Pipeline", "affine_of_head", "export_model"]
 
@@ -54,10 +55,8 @@ def export_model(
 ) -> Path:
     """Write the model cut as `options` say (num_layers, dimensions, pooling, prompts, ...) to the new
     folder `out`, atomically; an existing non-empty `out` is refused. Returns `out`."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if precision not in EXPORT_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
+    check_choice("format", format, FORMATS)
+    check_choice("precision", precision, EXPORT_PRECISIONS)
     out = check_new_folder(out)
     encoder = Matryoshka2DEncoder(model_name_or_path, EncoderOptions.of(options, **{"device": "cpu", **overrides}))
     _check_one_head(encoder)

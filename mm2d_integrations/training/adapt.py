@@ -34,7 +34,7 @@ from mm2d_integrations.core.exit_heads import HEADS_CONFIG, HEADS_FILE, ExitHead
 from mm2d_integrations.core.folders import check_new_folder, staged_folder
 from mm2d_integrations.core.loading import shallow_view
 from mm2d_integrations.core.runtime import bf16_supported
-from mm2d_integrations.core.validation import check_int_in_range
+from mm2d_integrations.core.validation import check_choice, check_int_in_range
 from mm2d_integrations.retrieval.documents import file_kind, load_folder, split_documents
 
 __all__ = [
@@ -253,8 +253,7 @@ def adapt(
     tries each and keeps what agrees best with the teacher's rankings on held-out text."""
     started = time.perf_counter()
     for name, value, allowed in (("method", method, METHODS), ("loss", loss, LOSSES), ("sides", sides, HEAD_SIDES), ("exit_layer_start", exit_layer_start, EXIT_LAYER_STARTS)):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        check_choice(name, value, allowed)
     check_int_in_range("epochs", epochs, 1, 10_000)
     check_int_in_range("layer_epochs", layer_epochs, 1, 10_000)
     check_int_in_range("pseudo_queries", pseudo_queries, 0, 100)
@@ -598,8 +597,7 @@ def fit_exit_layer(
     if replay is not None and retrained != 1:
         raise ValueError("a replay holds the output of every layer but the last: it serves one retrained layer")
     loaded = teacher.loaded_model
-    if exit_layer_start not in EXIT_LAYER_STARTS:
-        raise ValueError(f"exit_layer_start must be one of {', '.join(EXIT_LAYER_STARTS)}, got {exit_layer_start!r}")
+    check_choice("exit_layer_start", exit_layer_start, EXIT_LAYER_STARTS)
     start_layer = len(loaded.layers) if exit_layer_start == "last" else depth
     fitting = rows.side(fitting=True)
     loaded.model.requires_grad_(False)  # frozen: no graph through the layers below (inference never needs one)
