@@ -374,9 +374,9 @@ class Matryoshka2DEncoder:
         if not wanted:
             raise ValueError(f"num_layers must name at least one value in [1, {loaded}]")
         results = {kept: np.empty((len(checked), self._loaded.hidden_size), np.float32) for kept in wanted}
-        token_ids = self._token_ids([prompt + text for text in checked])
-        skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
-        batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
+        token_ids = self.tokenize(checked, prompt)
+        skipped = self._skipped(prompt)
+        batches = self._like_length_batches(token_ids)
         for batch in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress or len(batches) < 2):
             batch_ids = [token_ids[index] for index in batch]
             if before_batch is not None:
@@ -409,6 +409,14 @@ class Matryoshka2DEncoder:
         overhead = len(self._token_ids([self.document_prompt])[0])
         return max(1, int(self.max_length) - overhead)
 
+    def _like_length_batches(self, token_ids: list[list[int]]) -> list[list[int]]:
+        """Indices of `token_ids` in batches of like length, at most batch_size texts and max_batch_tokens padded tokens each: how every pass runs them."""
+        return token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
+
+    def _skipped(self, prompt: str) -> int:
+        """The tokens at the start of each text that pooling leaves out: the prompt's, unless include_prompt."""
+        return 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
+
     def _prompt_length(self, prompt: str) -> int:
         """The tokens a prompt takes at the start of a text (its leading special tokens included, a
         trailing one not), as sentence-transformers counts them to leave them out of pooling."""
@@ -433,7 +441,7 @@ class Matryoshka2DEncoder:
     def _calibrate(self, loaded: LoadedModel) -> None:
         """Run `loaded`'s transformer over the calibration text, as `_forward` batches it."""
         token_ids = self._token_ids(calibration_texts())
-        for batch in token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens):
+        for batch in self._like_length_batches(token_ids):
             input_ids, attention_mask = self._pad([token_ids[index] for index in batch])
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
 
@@ -478,8 +486,8 @@ class Matryoshka2DEncoder:
         runs them (a random batch of short texts padded to its longest is mostly padding), rows in the
         order of `texts`; `before_batch` is told each batch's token ids before it runs."""
         token_ids = self.tokenize(texts, prompt)
-        skipped = 0 if self.include_prompt or not prompt else self._prompt_length(prompt)
-        batches = token_budget_batches([len(ids) for ids in token_ids], self.batch_size, self.max_batch_tokens)
+        skipped = self._skipped(prompt)
+        batches = self._like_length_batches(token_ids)
         pooled = []
         for batch in batches:
             batch_ids = [token_ids[index] for index in batch]
