@@ -614,11 +614,12 @@ def fit_exit_layer(
     # bfloat16 products where the device runs them natively (about 1.5 times faster on a recent cpu); float32 elsewhere
     products = torch.autocast(teacher.device.type, dtype=torch.bfloat16, enabled=bf16_supported(teacher.device))
 
-    load = None if replay is None else replay.load
+    def through(batch: list[str], prompt: str) -> torch.Tensor:
+        return teacher.pooled_through(trained, batch, prompt, before_batch=None if replay is None else replay.load)
 
     def pooled(batch: list[str], prompt: str) -> torch.Tensor:
         with products:
-            return teacher.pooled_through(trained, batch, prompt, before_batch=load).float()
+            return through(batch, prompt).float()
 
     # the ridge head maps what the started layers give: the plain cut's pooled states where they are the depth's own
     started = rows if start_layer == depth else _pooled_through(teacher, pooled, rows, texts, asked, rows.held_and_drawn(training.seed, MAX_START_DOCUMENTS))
@@ -660,9 +661,7 @@ def fit_exit_layer(
     for layer in layers:
         layer.requires_grad_(False)
     head.eval().requires_grad_(False)
-    return layers, head, _pooled_through(  # in float32, as the folder runs the layer
-        teacher, lambda batch, prompt: teacher.pooled_through(trained, batch, prompt, before_batch=load), rows, texts, asked, rows.held if ranked is None else ranked
-    )
+    return layers, head, _pooled_through(teacher, through, rows, texts, asked, rows.held if ranked is None else ranked)  # in float32, as the folder runs the layer
 
 
 class _Replay(torch.nn.Module):
